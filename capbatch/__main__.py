@@ -1,0 +1,3 @@
+from capbatch.cli import run
+
+run()

@@ -1,0 +1,69 @@
+"""The `capbatch` command: a thin Typer layer over the library.
+
+Commands live in their own modules and register here; this module maps
+library errors to one line on stderr and an exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .errors import CapbatchError, ExitCode
+
+app = typer.Typer(
+    name="capbatch",
+    help="Batch image captioning with an exported Show-Attend-Tell model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """Batch image captioning with an exported Show-Attend-Tell model."""
+
+
+def _register_commands() -> None:
+    # Imported here so each command module can import `app` without a cycle.
+    from . import export_cli  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning CapbatchError into one line + exit code."""
+    _register_commands()
+    args = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="capbatch", standalone_mode=False)
+    except CapbatchError as exc:
+        if debug:
+            raise
+        typer.echo(f"capbatch: error: {exc}", err=True)
+        return int(exc.exit_code)
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        typer.echo("capbatch: aborted", err=True)
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:
+        # Typer's (vendored) click reports bad options as exceptions with show().
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            return int(ExitCode.FATAL)
+        if debug:
+            raise
+        typer.echo(
+            f"capbatch: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            err=True,
+        )
+        return int(ExitCode.FATAL)
+    return int(ExitCode.OK)
+
+
+def run() -> None:
+    sys.exit(main())

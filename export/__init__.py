@@ -1,0 +1,1 @@
+"""ONNX export of trained checkpoints (installed as capbatch.export; needs torch and onnx)."""

@@ -1,0 +1,99 @@
+"""Model structure and shapes for both encoders; the reference decoders agree."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import needs_torch
+
+pytestmark = needs_torch
+
+
+@pytest.fixture(scope="module")
+def torch():
+    import torch
+
+    torch.manual_seed(0)
+    return torch
+
+
+def _config(**kw):
+    from capbatch.training.config import ModelConfig
+
+    base = dict(vocab_size=40, embed_dim=16, attention_dim=8, decoder_dim=24, dropout=0.0)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.mark.parametrize("encoder,dim", [("resnet50", 2048), ("efficientnet_lite0", 1280)])
+def test_encoder_regions_and_decoder_shapes(torch, encoder, dim):
+    from capbatch.training.model import build_model
+
+    model = build_model(_config(encoder=encoder), pretrained=False).eval()
+    images = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8)
+    with torch.inference_mode():
+        features = model.encoder(images)
+        assert features.shape == (2, 49, dim)
+        captions = torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])
+        logits, alphas = model.decoder(features, captions)
+    assert logits.shape == (2, 4, 40)
+    assert alphas.shape == (2, 4, 49)
+    assert torch.allclose(alphas.sum(-1), torch.ones(2, 4), atol=1e-5)
+
+
+def test_resnet_encoder_is_design_children_minus_two(torch):
+    from capbatch.training.model import build_model
+
+    model = build_model(_config(encoder="resnet50"), pretrained=False)
+    names = [type(m).__name__ for m in model.encoder.stages[0]]
+    assert names == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Sequential"]
+    assert len(model.encoder.stages) == 4  # layer1 (in stage 0) .. layer4
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert all(p.requires_grad for p in model.decoder.parameters())
+
+
+def test_taps_and_positions_extend_region_features(torch):
+    from capbatch.training.model import build_model
+
+    config = _config(feature_taps=(1, 2, 4), position_features=True)
+    assert config.encoder_dim == 1280 + 24 + 40 + 112 + 2
+    model = build_model(config, pretrained=False).eval()
+    with torch.inference_mode():
+        features = model.encoder(torch.zeros(1, 224, 224, 3, dtype=torch.uint8))
+    assert features.shape == (1, 49, config.encoder_dim)
+    # last two channels are the (x, y) grid: top-left region (-1, -1), bottom-right (1, 1)
+    assert features[0, 0, -2:].tolist() == [-1.0, -1.0]
+    assert features[0, -1, -2:].tolist() == [1.0, 1.0]
+
+
+def test_fine_tune_stages_unfreezes_only_the_last(torch):
+    from capbatch.training.model import build_model
+
+    model = build_model(_config(fine_tune_stages=1), pretrained=False)
+    stages = model.encoder.stages
+    assert all(p.requires_grad for p in stages[-1].parameters())
+    assert not any(p.requires_grad for p in stages[-2].parameters())
+    model.train()
+    assert stages[-1].training and not stages[-2].training
+
+
+def test_greedy_equals_beam_one(torch):
+    from capbatch.training.decoding import beam_search, greedy_decode
+    from capbatch.training.model import build_model
+
+    model = build_model(_config(encoder="resnet50", max_len=8), pretrained=False).eval()
+    features = torch.randn(4, 49, 2048)
+    greedy = greedy_decode(model, features)
+    beams = beam_search(model, features, beam_size=1)
+    for g, b in zip(greedy, beams, strict=True):
+        assert g.tokens == b[0].tokens
+        assert g.score == pytest.approx(b[0].score, abs=1e-5)
+
+
+def test_bad_config_is_refused():
+    from capbatch.training.config import ModelConfig
+
+    with pytest.raises(ValueError, match="unknown encoder"):
+        ModelConfig(vocab_size=10, encoder="vgg")
+    with pytest.raises(ValueError, match="tap"):
+        ModelConfig(vocab_size=10, encoder="resnet50", feature_taps=(3,))

@@ -1,0 +1,1 @@
+"""Training code for the Show-Attend-Tell model (installed as capbatch.training; needs torch)."""
