@@ -1,0 +1,345 @@
+"""A verified model bundle: manifest, vocab and the two ONNX sessions.
+
+Loading order matters: the manifest is read and every file's sha256 checked
+BEFORE any session is created, so a tampered graph is never parsed. Then the
+sessions' own input/output names are checked against the manifest, and the
+vocab against the step graph's output size.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .decoding import ArrayStepModel, RowState, StepModel, StepOutput
+from .errors import BundleError, MissingDependencyError
+from .manifest import verify_bundle
+from .preprocess import PreprocessSpec
+from .providers import CUDA, choose_providers, cpu_thread_count, fallback_warning
+from .vocab import Vocab
+
+DEFAULT_BUNDLE_DIR = Path(__file__).parent / "models" / "default"
+
+# The graph contract of docs/bundle-format.md: what the runtime needs, beyond
+# which a bundle may carry extra outputs (topk_*).
+ENCODER_INPUTS = ("images",)
+ENCODER_OUTPUTS = ("features", "projected", "h0", "c0")
+STEP_INPUTS = ("tokens", "h", "c", "features", "projected")
+STEP_OUTPUTS = ("log_probs", "h_out", "c_out", "alpha")
+SPECIAL_TOKENS = ("pad", "start", "end", "unk")
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+}
+
+
+def _stderr_warning(message: str) -> None:
+    print(f"capbatch: warning: {message}", file=sys.stderr, flush=True)
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "onnxruntime is not installed: pip install 'capbatch[cpu]' (or 'capbatch[gpu]')"
+        ) from exc
+    return onnxruntime
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """encoder.onnx outputs for a batch of images, computed once per image."""
+
+    features: np.ndarray  # (B, L, D)
+    projected: np.ndarray  # (B, L, A)
+    h0: np.ndarray  # (B, H)
+    c0: np.ndarray  # (B, H)
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    vocab: Vocab
+    preprocess: PreprocessSpec
+    max_len: int
+    start_id: int
+    end_id: int
+    encoder: Any = field(repr=False)  # onnxruntime.InferenceSession
+    decoder_step: Any = field(repr=False)
+    providers: list[str] = field(default_factory=list)  # what the sessions actually run
+
+    @property
+    def model_id(self) -> str:
+        return str(self.manifest.get("model_id", "unknown"))
+
+    @property
+    def on_cuda(self) -> bool:
+        return CUDA in self.providers
+
+    def encode(self, images: np.ndarray) -> Encoded:
+        """images (B, S, S, 3) uint8 -> per-image encoder outputs."""
+        outputs = self.encoder.run(list(ENCODER_OUTPUTS), {"images": images})
+        features, projected, h0, c0 = (o.astype(np.float32, copy=False) for o in outputs)
+        return Encoded(features, projected, h0, c0)
+
+    def step_model(self, encoded: Encoded) -> StepModel:
+        """The step interface the decoding loop drives, for one encoded batch."""
+        if self.on_cuda:
+            return CudaStepModel(self.decoder_step, encoded, self.start_id, self.end_id)
+        dtypes = {
+            i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.decoder_step.get_inputs()
+        }
+        session = self.decoder_step
+
+        def run_step(tokens, h, c, features, projected):
+            feeds = {
+                "tokens": tokens.astype(dtypes["tokens"], copy=False),
+                "h": h.astype(dtypes["h"], copy=False),
+                "c": c.astype(dtypes["c"], copy=False),
+                "features": features.astype(dtypes["features"], copy=False),
+                "projected": projected.astype(dtypes["projected"], copy=False),
+            }
+            log_probs, h_out, c_out, alpha = session.run(list(STEP_OUTPUTS), feeds)
+            return log_probs.astype(np.float32, copy=False), h_out, c_out, alpha
+
+        return ArrayStepModel(
+            run_step,
+            encoded.features,
+            encoded.projected,
+            encoded.h0,
+            encoded.c0,
+            start_id=self.start_id,
+            end_id=self.end_id,
+        )
+
+
+class CudaStepModel:
+    """StepModel with IO binding: h/c and the per-row features stay on the GPU.
+
+    log_probs and alpha come back to the host each step (the loop needs them);
+    h/c only travel when rows are dropped or reordered (beam parents), and
+    features/projected are uploaded once per row->image map.
+    """
+
+    def __init__(self, session, encoded: Encoded, start_id: int, end_id: int, device_id: int = 0):
+        import onnxruntime as ort
+
+        self._ort, self._session, self._device_id = ort, session, device_id
+        self._encoded = encoded
+        self.start_id, self.end_id = int(start_id), int(end_id)
+        self.num_images = int(encoded.features.shape[0])
+        self._dtypes = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
+        self._cache_key: bytes | None = None
+        self._rows_inputs: tuple[Any, Any] | None = None
+
+    def _to_device(self, array: np.ndarray, name: str):
+        array = np.ascontiguousarray(array.astype(self._dtypes[name], copy=False))
+        return self._ort.OrtValue.ortvalue_from_numpy(array, "cuda", self._device_id)
+
+    def _features_for(self, images: np.ndarray):
+        key = images.tobytes()
+        if key != self._cache_key or self._rows_inputs is None:
+            self._rows_inputs = (
+                self._to_device(self._encoded.features[images], "features"),  # (R, L, D)
+                self._to_device(self._encoded.projected[images], "projected"),  # (R, L, A)
+            )
+            self._cache_key = key
+        return self._rows_inputs
+
+    def initial_state(self) -> RowState:
+        images = np.arange(self.num_images, dtype=np.int64)
+        return RowState(
+            images, self._to_device(self._encoded.h0, "h"), self._to_device(self._encoded.c0, "c")
+        )
+
+    def step(self, tokens: np.ndarray, state: RowState) -> StepOutput:
+        features, projected = self._features_for(state.images)
+        binding = self._session.io_binding()
+        binding.bind_cpu_input("tokens", tokens.astype(self._dtypes["tokens"], copy=False))
+        binding.bind_ortvalue_input("h", state.h)
+        binding.bind_ortvalue_input("c", state.c)
+        binding.bind_ortvalue_input("features", features)
+        binding.bind_ortvalue_input("projected", projected)
+        binding.bind_output("log_probs", "cpu")
+        binding.bind_output("h_out", "cuda", self._device_id)
+        binding.bind_output("c_out", "cuda", self._device_id)
+        binding.bind_output("alpha", "cpu")
+        self._session.run_with_iobinding(binding)
+        log_probs, h_out, c_out, alpha = binding.get_outputs()
+        return StepOutput(
+            log_probs.numpy().astype(np.float32, copy=False),
+            alpha.numpy().astype(np.float32, copy=False),
+            RowState(state.images, h_out, c_out),
+        )
+
+    def select(self, state: RowState, rows: np.ndarray) -> RowState:
+        if rows.shape[0] == state.images.shape[0] and np.array_equal(
+            rows, np.arange(rows.shape[0])
+        ):
+            return state
+        # h/c are small (R, H): a host round trip is cheaper than a gather graph.
+        return RowState(
+            state.images[rows],
+            self._to_device(state.h.numpy()[rows], "h"),
+            self._to_device(state.c.numpy()[rows], "c"),
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_bundle_dir(path: str | Path | None) -> Path:
+    if path is not None:
+        return Path(path)
+    if not (DEFAULT_BUNDLE_DIR / "manifest.json").is_file():
+        raise BundleError("no default model is installed; pass --model DIR (a bundle directory)")
+    return DEFAULT_BUNDLE_DIR
+
+
+def _session_options(ort, on_cpu: bool):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: fallbacks are reported by us, on one line
+    if on_cpu:
+        # One pool sized to the cores we may use; the step graph is small and
+        # sequential, so inter-op parallelism only adds contention.
+        options.intra_op_num_threads = cpu_thread_count()
+        options.inter_op_num_threads = 1
+    return options
+
+
+def _graph_entry(manifest: dict, key: str) -> dict:
+    graph = manifest.get("graphs", {}).get(key)
+    if not isinstance(graph, dict) or "file" not in graph:
+        raise BundleError(f"manifest has no graphs.{key} entry with a file")
+    if graph["file"] not in manifest["files"]:
+        raise BundleError(
+            f"graphs.{key}.file {graph['file']!r} is not listed (and hashed) in files"
+        )
+    return graph
+
+
+def check_graph_io(key: str, session, graph: dict, needed_in, needed_out) -> None:
+    """The session's own names must equal the manifest's and cover the runtime contract."""
+    session_in = [i.name for i in session.get_inputs()]
+    session_out = [o.name for o in session.get_outputs()]
+    problems = []
+    if sorted(session_in) != sorted(graph.get("inputs", [])):
+        problems.append(f"inputs {session_in} != manifest {graph.get('inputs')}")
+    if not set(graph.get("outputs", [])) <= set(session_out):
+        problems.append(f"outputs {session_out} lack manifest {graph.get('outputs')}")
+    missing = [n for n in needed_in if n not in session_in]
+    missing += [n for n in needed_out if n not in session_out]
+    if missing:
+        problems.append(f"missing required {missing}")
+    if problems:
+        raise BundleError(f"{key} graph I/O does not match: " + "; ".join(problems))
+
+
+def _read_vocab(bundle_dir: Path, manifest: dict, special_ids: frozenset[int]) -> Vocab:
+    entry = manifest.get("vocab") or {}
+    name = entry.get("file", "vocab.json")
+    if name not in manifest["files"]:
+        raise BundleError(f"vocab file {name!r} is not listed (and hashed) in files")
+    try:
+        tokens = json.loads((bundle_dir / name).read_text(encoding="utf-8"))
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise ValueError("expected a JSON list of strings")
+        return Vocab(tuple(tokens), entry.get("style", "word"), special_ids)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"bundle vocab {name}: {exc}") from exc
+
+
+def load_bundle(
+    path: str | Path | None = None,
+    device: str = "auto",
+    *,
+    warn: Callable[[str], None] = _stderr_warning,
+) -> Bundle:
+    """Verify and open a bundle directory (None = the embedded default model)."""
+    bundle_dir = resolve_bundle_dir(path)
+    manifest = verify_bundle(bundle_dir)  # sha256 of every file, before any session
+    try:
+        preprocess = PreprocessSpec(**manifest["preprocess"])
+        special = manifest["special_tokens"]
+        special_ids = frozenset(int(special[k]) for k in SPECIAL_TOKENS)
+        start_id, end_id = int(special["start"]), int(special["end"])
+        max_len = int(manifest.get("max_len") or manifest["config"]["max_len"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"manifest of {bundle_dir} is incomplete: {exc!r}") from exc
+    encoder_entry = _graph_entry(manifest, "encoder")
+    step_entry = _graph_entry(manifest, "decoder_step")
+    vocab = _read_vocab(bundle_dir, manifest, special_ids)
+
+    ort = import_onnxruntime()
+    requested = choose_providers(device, ort.get_available_providers())
+    if CUDA in requested and hasattr(ort, "preload_dlls"):
+        try:  # CUDA/cuDNN from pip wheels; harmless when they are elsewhere
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - the fallback check below reports the outcome
+            pass
+    options = _session_options(ort, on_cpu=CUDA not in requested)
+    sessions = []
+    for entry in (encoder_entry, step_entry):
+        try:
+            with warnings.catch_warnings():
+                # onnxruntime warns about providers it lacks; we report the outcome once.
+                warnings.simplefilter("ignore")
+                sessions.append(
+                    ort.InferenceSession(
+                        str(bundle_dir / entry["file"]), sess_options=options, providers=requested
+                    )
+                )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BundleError(f"cannot load {entry['file']}: {str(exc).splitlines()[0]}") from exc
+    encoder, step = sessions
+    check_graph_io("encoder", encoder, encoder_entry, ENCODER_INPUTS, ENCODER_OUTPUTS)
+    check_graph_io("decoder_step", step, step_entry, STEP_INPUTS, STEP_OUTPUTS)
+    _check_shapes(encoder, step, preprocess, vocab)
+
+    active = list(step.get_providers())
+    message = fallback_warning(requested, active)
+    if message:
+        warn(message)
+    return Bundle(
+        path=bundle_dir,
+        manifest=manifest,
+        vocab=vocab,
+        preprocess=preprocess,
+        max_len=max_len,
+        start_id=start_id,
+        end_id=end_id,
+        encoder=encoder,
+        decoder_step=step,
+        providers=active,
+    )
+
+
+def _check_shapes(encoder, step, preprocess: PreprocessSpec, vocab: Vocab) -> None:
+    images = next(i for i in encoder.get_inputs() if i.name == "images")
+    if images.type != "tensor(uint8)":
+        raise BundleError(f"encoder input images is {images.type}, expected tensor(uint8)")
+    spatial = [d for d in images.shape[1:3] if isinstance(d, int)]
+    if spatial and any(d != preprocess.size for d in spatial):
+        raise BundleError(
+            f"encoder expects {images.shape[1]}x{images.shape[2]} images but the manifest's "
+            f"preprocess size is {preprocess.size}"
+        )
+    log_probs = next(o for o in step.get_outputs() if o.name == "log_probs")
+    size = log_probs.shape[-1] if log_probs.shape else None
+    if isinstance(size, int) and size != len(vocab):
+        raise BundleError(f"vocab has {len(vocab)} tokens but the step graph scores {size}")
