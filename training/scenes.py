@@ -368,8 +368,8 @@ def _tone(rng: np.random.Generator) -> tuple[str, np.ndarray]:
 
 def _unit_ramp(size: int, angle: float) -> np.ndarray:
     """(size, size) projection of each pixel onto a direction, scaled to [0, 1]."""
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    ramp = xs * math.cos(angle) + ys * math.sin(angle)
+    axis = np.arange(size, dtype=np.float32)
+    ramp = axis[None, :] * math.cos(angle) + axis[:, None] * math.sin(angle)
     return (ramp - ramp.min()) / max(1e-6, float(ramp.max() - ramp.min()))
 
 
@@ -393,8 +393,8 @@ def draw_background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, di
             weight = ((ramp // (period / 2)) % 2)[..., None]
         else:
             cell = int(rng.integers(16, 41)) * size // REFERENCE_SIZE
-            ys, xs = np.mgrid[0:size, 0:size]
-            weight = (((xs // cell) + (ys // cell)) % 2)[..., None].astype(np.float32)
+            cell_index = np.arange(size) // cell
+            weight = ((cell_index[None, :] + cell_index[:, None]) % 2)[..., None].astype(np.float32)
         canvas = base * (1 - weight) + other * weight
     elif style == "clouds":
         cells = int(rng.integers(3, 9))
