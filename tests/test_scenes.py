@@ -8,6 +8,8 @@ import itertools
 import json
 import math
 import random
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -429,3 +431,13 @@ def test_cli_writes_the_layout_and_refuses_to_overwrite(tmp_path, capsys):
     assert len(list((out / "images").iterdir())) == 4
     with pytest.raises(UsageError):
         generate_dataset(out, n=2)
+
+
+def test_scenes_need_neither_torch_nor_a_training_extra():
+    code = (
+        "import sys, capbatch.training.scenes, capbatch.training.scenes_grammar; "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

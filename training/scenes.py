@@ -42,9 +42,37 @@ from .scenes_grammar import (
     SIZES,
     ObjectFact,
     SceneFacts,
+    explain_mismatch,
+    facts_match,
     make_captions,
     make_relation,
+    mismatch_counts,
+    parse_caption,
+    semantic_accuracy,
 )
+
+__all__ = [
+    # dataset
+    "generate_dataset",
+    "render_scene",
+    "SceneDatasetOptions",
+    "Holdout",
+    "choose_holdout",
+    "novel_reasons",
+    "load_scene_records",
+    "load_scene_facts",
+    "load_splits",
+    "load_holdout",
+    "main",
+    # re-exported from scenes_grammar, so evaluation needs one import
+    "SceneFacts",
+    "ObjectFact",
+    "parse_caption",
+    "facts_match",
+    "explain_mismatch",
+    "semantic_accuracy",
+    "mismatch_counts",
+]
 
 # --------------------------------------------------------------------------- palette
 
