@@ -1,0 +1,288 @@
+"""`capbatch caption` and `capbatch info`: thin Typer layers over Captioner and the pipeline."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import __version__
+from .cli import app
+from .errors import ExitCode, UsageError
+from .providers import Device
+
+CAPTION_EXAMPLES = """\
+Examples:
+
+  capbatch caption photos/ --out captions.csv
+
+  capbatch caption shards/train-{000..009}.tar --out train.parquet --batch-size 64
+
+  find /data -name '*.jpg' | capbatch caption --from-list - --out captions.jsonl
+
+  capbatch caption photos/ --out captions.csv --resume --retry-errors
+
+  capbatch caption photos/ --format txt --out photos.journal.jsonl   (sidecar .txt files)
+
+Exit codes: 0 every image captioned, 1 some images failed (error rows written),
+2 fatal (bad option, model or output), 3 interrupted (finished rows flushed).
+"""
+
+
+class OutputFormat(str, Enum):
+    csv = "csv"
+    jsonl = "jsonl"
+    parquet = "parquet"
+    txt = "txt"
+
+
+def _echo(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+class _Progress:
+    """rich progress on stderr: count, images/s, errors, ETA once the total is known."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._progress = None
+        self._task = None
+        self._total: int | None = None
+        self._lock = threading.Lock()  # set_total comes from the counting thread
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def start(self) -> None:
+        """Shown only once the run really starts (output locked and opened)."""
+        with self._lock:
+            if not self.quiet and self._progress is None:
+                self._start()
+
+    def _start(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("captioning"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.1f} img/s"),
+            TextColumn("[red]{task.fields[errors]} errors"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("caption", total=self._total, rate=0.0, errors=0)
+
+    def set_total(self, total: int | None) -> None:
+        with self._lock:
+            self._total = total or None
+            if self._progress is not None and total:
+                self._progress.update(self._task, total=total)
+
+    def update(self, summary) -> None:
+        if self._progress is not None:
+            self._progress.update(
+                self._task,
+                completed=summary.processed + summary.skipped,
+                rate=summary.images_per_s,
+                errors=summary.errors,
+            )
+
+    def __exit__(self, *exc_info) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _summary_line(summary) -> str:
+    parts = [f"{summary.ok} captioned", f"{summary.errors} failed"]
+    if summary.skipped:
+        parts.append(f"{summary.skipped} already done")
+    line = (
+        f"{', '.join(parts)} in {summary.elapsed_s:.1f} s "
+        f"({summary.images_per_s:.1f} images/s) -> {summary.out}"
+    )
+    if summary.interrupted:
+        return f"interrupted: {line}; rerun with --resume to continue"
+    return line
+
+
+@app.command("caption", epilog=CAPTION_EXAMPLES, no_args_is_help=True)
+def caption(
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Image files, folders, tar/tar.gz/zip archives or webdataset shards.",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Output file (.csv, .jsonl, .parquet; journal for txt)."),
+    ] = ...,
+    fmt: Annotated[
+        OutputFormat | None,
+        typer.Option("--format", help="Output format (default: from --out's extension)."),
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Model bundle directory (default: built-in).")
+    ] = None,
+    device: Annotated[
+        Device, typer.Option("--device", help="auto: CUDA when available, else CPU.")
+    ] = Device.auto,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 32,
+    beam_size: Annotated[
+        int, typer.Option("--beam-size", min=1, help="1 = greedy; K > 1 = beam search.")
+    ] = 1,
+    max_len: Annotated[
+        int | None,
+        typer.Option("--max-len", min=1, help="Most tokens per caption (default: the model's)."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Decode threads (default: one per core)."),
+    ] = None,
+    glob: Annotated[
+        str | None, typer.Option("--glob", help="Only files matching this pattern in folders.")
+    ] = None,
+    no_recursive: Annotated[
+        bool, typer.Option("--no-recursive", help="Do not descend into sub-folders.")
+    ] = False,
+    from_list: Annotated[
+        str | None, typer.Option("--from-list", help="Read input paths from FILE ('-': stdin).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an existing output: skip keys done.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output and start over.")
+    ] = False,
+    retry_errors: Annotated[
+        bool,
+        typer.Option("--retry-errors", help="Resume, and caption again the keys that failed."),
+    ] = False,
+    overwrite_sidecars: Annotated[
+        bool,
+        typer.Option("--overwrite-sidecars", help="--format txt: replace existing .txt files."),
+    ] = False,
+    attention_dir: Annotated[
+        Path | None,
+        typer.Option("--attention-dir", help="Write per-image attention heatmap PNGs here."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+) -> None:
+    """Caption images from files, folders and archives into CSV, JSONL, Parquet or sidecars."""
+    from .captioner import Captioner
+    from .pipeline import RunOptions, estimate_total, run_captioning, stop_on_signals
+
+    try:
+        options = RunOptions(
+            inputs=tuple(inputs or ()),
+            out=out,
+            fmt=fmt.value if fmt is not None else None,
+            recursive=not no_recursive,
+            glob=glob,
+            from_list=from_list,
+            workers=workers,
+            resume=resume,
+            overwrite=overwrite,
+            retry_errors=retry_errors,
+            overwrite_sidecars=overwrite_sidecars,
+            attention_dir=attention_dir,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    captioner = Captioner(
+        model,
+        device=device.value,
+        beam_size=beam_size,
+        max_len=max_len,
+        batch_size=batch_size,
+        return_attention=attention_dir is not None,
+        warn=lambda message: _echo(f"capbatch: warning: {message}"),
+    )
+    if not quiet:
+        _echo(f"model {captioner.model_id} on {', '.join(captioner.providers)}")
+    stop = threading.Event()
+    with stop_on_signals(stop), _Progress(quiet) as progress:
+        if not quiet:
+            counter = threading.Thread(
+                target=lambda: progress.set_total(estimate_total(options)), daemon=True
+            )
+            counter.start()
+        summary = run_captioning(
+            captioner, options, stop=stop, on_progress=progress.update, on_start=progress.start
+        )
+    if not quiet:
+        _echo(_summary_line(summary))
+    if summary.exit_code != ExitCode.OK:
+        # SystemExit, not typer.Exit: in non-standalone mode click turns Exit
+        # into a return value that capbatch.cli.main does not pass on.
+        sys.exit(int(summary.exit_code))
+
+
+@app.command("info")
+def info(
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Model bundle directory (default: built-in).")
+    ] = None,
+) -> None:
+    """Print versions, available execution providers and the model's manifest."""
+    import platform
+
+    import numpy
+    import PIL
+
+    from .bundle import import_onnxruntime, resolve_bundle_dir
+    from .errors import BundleError
+    from .manifest import verify_bundle
+
+    ort = import_onnxruntime()
+    typer.echo(f"capbatch     {__version__}")
+    typer.echo(f"python       {platform.python_version()}")
+    typer.echo(f"onnxruntime  {ort.__version__}")
+    typer.echo(f"numpy        {numpy.__version__}")
+    typer.echo(f"pillow       {PIL.__version__}")
+    typer.echo(f"providers    {', '.join(ort.get_available_providers())}")
+    try:
+        bundle_dir = resolve_bundle_dir(model)
+    except BundleError as exc:
+        if model is not None:
+            raise
+        typer.echo(f"model        {exc}")
+        return
+    manifest = verify_bundle(bundle_dir)
+    typer.echo(f"model        {manifest.get('model_id', 'unknown')} ({bundle_dir})")
+    typer.echo("verified     sha256 of every file ok")
+    typer.echo(f"variant      {manifest.get('variant', 'fp32')}")
+    typer.echo(f"format       {manifest.get('format')} v{manifest.get('format_version')}")
+    typer.echo(f"preprocess   {_inline(manifest.get('preprocess', {}))}")
+    typer.echo(f"max_len      {manifest.get('max_len')}")
+    typer.echo(f"vocab        {_inline(manifest.get('vocab', {}))}")
+    typer.echo(f"config       {_inline(manifest.get('config', {}))}")
+    typer.echo(f"metrics      {_inline(manifest.get('metrics', {})) or '-'}")
+    if manifest.get("validation"):
+        typer.echo(f"validation   {_inline(manifest['validation'])}")
+    if manifest.get("tools"):
+        typer.echo(f"tools        {_inline(manifest['tools'])}")
+
+
+def _inline(mapping: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in mapping.items())

@@ -1,0 +1,169 @@
+"""The Python API: `Captioner(model=None, device="auto").caption(items)`.
+
+The CLI and the pipeline are thin layers over this class. A failing item
+never raises: it becomes a CaptionResult with status "error" and a reason.
+
+    from capbatch import Captioner
+    captioner = Captioner("models/scenes", beam_size=3)
+    for result in captioner.caption(["a.jpg", "b.png"]):
+        print(result.caption, result.score)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .bundle import Bundle, _stderr_warning, load_bundle
+from .decode import DecodedImage, decode_image
+from .decoding import DecodingOptions, Hypothesis, decode
+from .errors import InputDecodeError, UsageError
+from .preprocess import PreprocessSpec, preprocess_image, upright_size
+
+OK = "ok"
+ERROR = "error"
+
+ImageItem = str | Path | bytes | Image.Image | np.ndarray
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    caption: str | None
+    score: float | None  # mean token log-prob (<= 0; closer to 0 = more confident)
+    tokens: tuple[int, ...]
+    status: str  # "ok" | "error"
+    error: str | None = None
+    width: int | None = None  # original size, after EXIF orientation
+    height: int | None = None
+    words: tuple[str, ...] = ()  # caption tokens as strings, one per attention step
+    attention: np.ndarray | None = field(default=None, repr=False)  # (steps, L) when asked
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+
+def error_result(reason: str, width: int | None = None, height: int | None = None):
+    return CaptionResult(None, None, (), ERROR, reason, width, height)
+
+
+def prepare_item(item: ImageItem, spec: PreprocessSpec) -> DecodedImage:
+    """Any accepted input -> the encoder's uint8 input; raises InputDecodeError."""
+    if isinstance(item, (str, Path)):
+        try:
+            data = Path(item).read_bytes()
+        except OSError as exc:
+            raise InputDecodeError(f"cannot read file: {exc.strerror or exc}") from None
+        return decode_image(data, spec)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(item), spec)
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim not in (2, 3):
+            raise InputDecodeError(
+                f"arrays must be uint8 (H, W) or (H, W, 3|4), got {item.dtype} {item.shape}"
+            )
+        try:
+            item = Image.fromarray(item)
+        except (TypeError, ValueError) as exc:
+            raise InputDecodeError(f"unsupported array shape {item.shape}: {exc}") from None
+    if isinstance(item, Image.Image):
+        try:
+            width, height = upright_size(item)
+            return DecodedImage(preprocess_image(item, spec), width, height)
+        except Exception as exc:  # a broken lazily-loaded image is that item's problem
+            raise InputDecodeError(f"cannot convert image: {exc}") from None
+    raise InputDecodeError(f"unsupported item type {type(item).__name__}")
+
+
+class Captioner:
+    """A loaded model plus decoding options; caption images in batches."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        device: str = "auto",
+        beam_size: int = 1,
+        max_len: int | None = None,
+        batch_size: int = 32,
+        *,
+        return_attention: bool = False,
+        warn: Callable[[str], None] = _stderr_warning,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch size must be an integer >= 1, got {batch_size!r}")
+        self.bundle: Bundle = load_bundle(model, device, warn=warn)
+        try:
+            self.options = DecodingOptions(
+                beam_size=beam_size,
+                max_len=max_len if max_len is not None else self.bundle.max_len,
+                return_alphas=return_attention,
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        self.batch_size = batch_size
+
+    @property
+    def model_id(self) -> str:
+        return self.bundle.model_id
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return self.bundle.preprocess
+
+    @property
+    def providers(self) -> list[str]:
+        return self.bundle.providers
+
+    def caption(self, items: ImageItem | Iterable[ImageItem]) -> list[CaptionResult]:
+        """Caption paths, bytes, PIL images or uint8 arrays; one result per item, in order."""
+        if isinstance(items, (str, Path, bytes, Image.Image, np.ndarray)):
+            items = [items]
+        results: list[CaptionResult] = []
+        pending: list[tuple[int, DecodedImage]] = []
+        for item in items:
+            try:
+                pending.append((len(results), prepare_item(item, self.preprocess)))
+                results.append(error_result("not captioned"))  # placeholder, replaced below
+            except InputDecodeError as exc:
+                results.append(error_result(str(exc)))
+            if len(pending) == self.batch_size:
+                self._fill(results, pending)
+                pending = []
+        if pending:
+            self._fill(results, pending)
+        return results
+
+    def _fill(self, results: list[CaptionResult], pending: list[tuple[int, DecodedImage]]):
+        captioned = self.caption_decoded([decoded for _, decoded in pending])
+        for (index, _), result in zip(pending, captioned):
+            results[index] = result
+
+    def caption_decoded(self, images: Sequence[DecodedImage]) -> list[CaptionResult]:
+        """Already preprocessed images -> results (the pipeline's entry point)."""
+        if not images:
+            return []
+        pixels = np.stack([image.pixels for image in images])  # (B, S, S, 3) uint8
+        hypotheses = self.decode_pixels(pixels)
+        return [self._result(h, image) for h, image in zip(hypotheses, images)]
+
+    def decode_pixels(self, pixels: np.ndarray) -> list[Hypothesis]:
+        """pixels (B, S, S, 3) uint8 -> the best hypothesis per image (batched)."""
+        encoded = self.bundle.encode(pixels)  # once per image, reused by every step
+        return decode(self.bundle.step_model(encoded), self.options)
+
+    def _result(self, hypothesis: Hypothesis, image: DecodedImage) -> CaptionResult:
+        vocab = self.bundle.vocab
+        return CaptionResult(
+            caption=vocab.decode(hypothesis.tokens),
+            score=float(hypothesis.mean_logprob),
+            tokens=hypothesis.tokens,
+            status=OK,
+            width=image.width,
+            height=image.height,
+            words=tuple(vocab.tokens[t] for t in hypothesis.tokens),
+            attention=hypothesis.alphas,
+        )

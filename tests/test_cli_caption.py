@@ -1,0 +1,219 @@
+"""`capbatch caption` / `capbatch info` end to end on real image files (fake-weight bundle)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from capbatch.cli import main
+from capbatch.errors import ExitCode
+from capbatch.writers import OutputLock
+from tests.runtime_fakes import make_fake_bundle
+from tests.test_captioner import run_without_torch
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_fake_bundle(tmp_path_factory.mktemp("fake") / "bundle")
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """capbatch.cli.main in-process: (exit code, stdout, stderr)."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return int(code or 0), captured.out, captured.err
+
+
+def png_bytes(seed: int, size=(40, 30)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """photos/a.png, photos/b.jpg, photos/nested/deeper/c.png, photos/broken.jpg."""
+    root = tmp_path / "photos"
+    (root / "nested" / "deeper").mkdir(parents=True)
+    (root / "a.png").write_bytes(png_bytes(1))
+    Image.open(io.BytesIO(png_bytes(2))).save(root / "b.jpg", quality=90)
+    (root / "nested" / "deeper" / "c.png").write_bytes(png_bytes(3, (50, 70)))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_folder_to_csv_with_error_rows(capsys, bundle, photos, tmp_path):
+    out = tmp_path / "captions.csv"
+    code, _, err = run_cli(
+        capsys, "caption", photos, "--out", out, "--model", bundle, "--device", "cpu"
+    )
+    assert code == ExitCode.SOME_FAILED
+    rows = read_csv(out)
+    keys = [r["key"] for r in rows]
+    # sorted walk, depth first: input order
+    assert keys == [
+        str(photos / n) for n in ("a.png", "b.jpg", "broken.jpg", "nested/deeper/c.png")
+    ]
+    status = {r["key"].rsplit("/", 1)[1]: r for r in rows}
+    assert status["broken.jpg"]["status"] == "error" and status["broken.jpg"]["error"]
+    assert all(status[n]["status"] == "ok" and status[n]["caption"] for n in ("a.png", "c.png"))
+    assert (status["c.png"]["width"], status["c.png"]["height"]) == ("50", "70")
+    assert "3 captioned, 1 failed" in err
+
+
+def test_all_good_exit_zero_and_jsonl(capsys, bundle, photos, tmp_path):
+    (photos / "broken.jpg").unlink()
+    out = tmp_path / "captions.jsonl"
+    code, _, _ = run_cli(
+        capsys, "caption", photos, "-o", out, "--model", bundle, "--beam-size", "3", "-q"
+    )
+    assert code == ExitCode.OK
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and all(r["status"] == "ok" and r["score"] <= 0 for r in rows)
+
+
+def test_tar_and_zip_archives_to_parquet(capsys, bundle, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    tar_path = tmp_path / "shard.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for name, seed in (("x/1.png", 1), ("x/2.png", 2)):
+            data = png_bytes(seed)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    zip_path = tmp_path / "more.zip"
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        archive.writestr("3.png", png_bytes(3))
+        archive.writestr("bad.png", b"nope")
+    out = tmp_path / "captions.parquet"
+    code, _, _ = run_cli(
+        capsys, "caption", tar_path, zip_path, "--out", out, "--model", bundle, "-q"
+    )
+    assert code == ExitCode.SOME_FAILED
+    table = pq.read_table(out).to_pylist()
+    assert [r["key"] for r in table] == [
+        f"{tar_path}::x/1.png",
+        f"{tar_path}::x/2.png",
+        f"{zip_path}::3.png",
+        f"{zip_path}::bad.png",
+    ]
+    assert [r["status"] for r in table] == ["ok", "ok", "ok", "error"]
+    assert table[0]["path"] is None
+
+
+def test_sidecars(capsys, bundle, photos, tmp_path):
+    journal = tmp_path / "journal.jsonl"
+    (photos / "a.txt").write_text("my own caption\n")
+    code, _, _ = run_cli(
+        capsys, "caption", photos, "--format", "txt", "--out", journal, "--model", bundle, "-q"
+    )
+    assert code == ExitCode.SOME_FAILED  # broken.jpg, and a.txt is never overwritten
+    assert (photos / "a.txt").read_text() == "my own caption\n"
+    assert (photos / "b.txt").read_text().strip()
+    assert (photos / "nested" / "deeper" / "c.txt").read_text().strip()
+    rows = {json.loads(line)["key"]: json.loads(line) for line in journal.read_text().splitlines()}
+    assert rows[str(photos / "a.png")]["status"] == "error"
+
+
+def test_resume_after_partial_run_gives_each_key_once(capsys, bundle, photos, tmp_path):
+    out = tmp_path / "captions.csv"
+    first = [photos / "a.png", photos / "b.jpg"]
+    code, _, _ = run_cli(capsys, "caption", *first, "--out", out, "--model", bundle, "-q")
+    assert code == ExitCode.OK
+    with open(out, "a", encoding="utf-8") as handle:
+        handle.write(f"{photos / 'broken.jpg'},torn row with no newline")  # a crash mid-row
+    code, _, err = run_cli(capsys, "caption", photos, "--out", out, "--model", bundle)
+    assert code == ExitCode.FATAL and "--resume" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, "caption", photos, "--out", out, "--model", bundle, "--resume")
+    assert code == ExitCode.SOME_FAILED
+    assert "2 already done" in err
+    keys = [r["key"] for r in read_csv(out)]
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == 4
+
+
+def test_locked_output_is_refused(capsys, bundle, photos, tmp_path):
+    out = tmp_path / "captions.csv"
+    with OutputLock(out):
+        code, _, err = run_cli(capsys, "caption", photos, "--out", out, "--model", bundle)
+    assert code == ExitCode.FATAL
+    assert err.count("\n") <= 2 and "being written by" in err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--resume", "--overwrite"], "exclude each other"),
+        (["--format", "xml"], "xml"),
+        (["--beam-size", "0"], "beam-size"),
+        (["--device", "cuda"], "--device cuda"),
+    ],
+)
+def test_bad_options_are_one_line_fatal(capsys, bundle, photos, tmp_path, args, message):
+    code, _, err = run_cli(
+        capsys, "caption", photos, "--out", tmp_path / "o.csv", "--model", bundle, *args
+    )
+    assert code == ExitCode.FATAL
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_model_is_one_line_fatal(capsys, photos, tmp_path):
+    code, _, err = run_cli(
+        capsys, "caption", photos, "--out", tmp_path / "o.csv", "--model", tmp_path
+    )
+    assert code == ExitCode.FATAL
+    assert err.startswith("capbatch: error:") and "manifest.json" in err
+
+
+def test_info(capsys, bundle, monkeypatch, tmp_path):
+    code, out, _ = run_cli(capsys, "info", "--model", bundle)
+    assert code == ExitCode.OK
+    for expected in ("onnxruntime", "numpy", "pillow", "CPUExecutionProvider", "fake-0", "bleu4"):
+        assert expected in out
+    from capbatch import bundle as bundle_module
+
+    monkeypatch.setattr(bundle_module, "DEFAULT_BUNDLE_DIR", tmp_path / "none")
+    code, out, _ = run_cli(capsys, "info")
+    assert code == ExitCode.OK and "no default model is installed" in out
+
+
+def test_help_has_examples(capsys):
+    code, out, _ = run_cli(capsys, "caption", "--help")
+    assert code == ExitCode.OK
+    assert "Examples" in out and "--resume" in out and "Exit codes" in out
+
+
+def test_cli_runs_without_torch(bundle, photos, tmp_path):
+    out = tmp_path / "no-torch.csv"
+    done = run_without_torch(
+        tmp_path,
+        f"""
+        import sys
+        from capbatch.cli import main
+        try:
+            code = main(["caption", {str(photos)!r}, "--out", {str(out)!r},
+                         "--model", {str(bundle)!r}, "-q"])
+        except SystemExit as exc:
+            code = exc.code
+        assert "torch" not in sys.modules, "torch was imported"
+        print("EXIT", code)
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "EXIT 1" in done.stdout  # broken.jpg: some failed
+    assert len(read_csv(out)) == 4
