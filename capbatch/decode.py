@@ -174,12 +174,18 @@ def _load_failure(exc: BaseException, fmt: str, max_pixels: int) -> InputDecodeE
 
 
 def decode_image(
-    data: bytes, spec: PreprocessSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    spec: PreprocessSpec,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: bool = True,
 ) -> DecodedImage:
     """Bytes of one image file -> DecodedImage; raises InputDecodeError(clear reason).
 
     Reads only the first frame of animated or multi-page files. The declared
-    size is checked against max_pixels before any pixel is decoded.
+    size is checked against max_pixels before any pixel is decoded. `draft`
+    allows JPEG DCT downscaling for large JPEGs (off: a full decode, as training
+    does, for benchmarks and comparisons).
     """
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
@@ -211,7 +217,7 @@ def decode_image(
             raise InputDecodeError(f"corrupt {fmt}: size {stored_width}x{stored_height}")
         width, height = upright_size(image)
         try:
-            if fmt == "JPEG":
+            if draft and fmt == "JPEG":
                 request = _draft_request(image.size, spec)
                 if request is not None:
                     image.draft("RGB", request)

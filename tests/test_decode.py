@@ -148,11 +148,21 @@ def test_big_jpegs_are_decoded_in_draft_mode_close_to_a_full_decode(monkeypatch)
     assert difference.mean() < 2.0 and difference.max() < 24
 
 
-def test_small_jpegs_skip_draft_mode(monkeypatch):
+def test_small_jpegs_and_draft_false_skip_draft_mode(monkeypatch):
     calls = []
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", lambda *a: calls.append(a))
     decode_image(encode(gradient((300, 300)), "JPEG"), PreprocessSpec(size=224))
+    decode_image(encode(gradient((1600, 1200)), "JPEG"), PreprocessSpec(size=224), draft=False)
     assert calls == []
+
+
+def test_center_crop_draft_keeps_the_shorter_side():
+    # 3000x1000: the shorter side needs 2 x 224; 1/2 scale (500 high) is the most allowed.
+    data = encode(gradient((3000, 1000)), "JPEG")
+    spec = PreprocessSpec(size=224, resize="center_crop")
+    reference = preprocess_image(Image.open(io.BytesIO(data)), spec)
+    result = decode_image(data, spec)
+    assert np.abs(result.pixels.astype(int) - reference.astype(int)).mean() < 2.0
 
 
 # -- failures -----------------------------------------------------------------------------
