@@ -176,3 +176,13 @@ def test_runtime_matches_pytorch_reference(beam_size, batch_size):
         chunk = images[start : start + batch_size]  # already the encoder's size: no resize
         got.extend(h.tokens for h in captioner.decode_pixels(chunk))
     assert [list(t) for t in got] == [list(t) for t in expected]
+
+
+@needs_torch
+def test_tiny_model_captions_its_images():
+    pytest.importorskip("onnx")
+    from tests.bundles import TINY_CAPTIONS, make_tiny_bundle, tiny_images
+
+    captioner = Captioner(make_tiny_bundle(), device="cpu", batch_size=3)
+    results = captioner.caption(list(tiny_images()))  # arrays at the model's size
+    assert [r.caption for r in results] == list(TINY_CAPTIONS)
