@@ -105,23 +105,28 @@ class Bundle:
         }
         session = self.decoder_step
 
+        def as_input(array: np.ndarray, name: str) -> np.ndarray:
+            return array.astype(dtypes[name], copy=False)
+
         def run_step(tokens, h, c, features, projected):
+            # features/projected were cast to the graph's dtypes once per batch (below);
+            # h/c come back from the graph in its own dtype, so these casts are no-ops.
             feeds = {
-                "tokens": tokens.astype(dtypes["tokens"], copy=False),
-                "h": h.astype(dtypes["h"], copy=False),
-                "c": c.astype(dtypes["c"], copy=False),
-                "features": features.astype(dtypes["features"], copy=False),
-                "projected": projected.astype(dtypes["projected"], copy=False),
+                "tokens": as_input(tokens, "tokens"),
+                "h": as_input(h, "h"),
+                "c": as_input(c, "c"),
+                "features": features,
+                "projected": projected,
             }
             log_probs, h_out, c_out, alpha = session.run(list(STEP_OUTPUTS), feeds)
             return log_probs.astype(np.float32, copy=False), h_out, c_out, alpha
 
         return ArrayStepModel(
             run_step,
-            encoded.features,
-            encoded.projected,
-            encoded.h0,
-            encoded.c0,
+            as_input(encoded.features, "features"),  # (B, L, D)
+            as_input(encoded.projected, "projected"),  # (B, L, A)
+            as_input(encoded.h0, "h"),  # (B, H)
+            as_input(encoded.c0, "c"),  # (B, H)
             start_id=self.start_id,
             end_id=self.end_id,
         )
@@ -179,6 +184,7 @@ class CudaStepModel:
         binding.bind_output("c_out", "cuda", self._device_id)
         binding.bind_output("alpha", "cpu")
         self._session.run_with_iobinding(binding)
+        # get_outputs() follows the order of the bind_output calls above.
         log_probs, h_out, c_out, alpha = binding.get_outputs()
         return StepOutput(
             log_probs.numpy().astype(np.float32, copy=False),
