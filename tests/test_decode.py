@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 
 import numpy as np
 import pytest
@@ -239,3 +240,25 @@ def test_bad_max_pixels_is_a_programming_error():
 )
 def test_sniff_image_format(head, expected):
     assert sniff_image_format(head[:64]) == expected
+
+
+@pytest.mark.filterwarnings("ignore")  # Pillow warns about the broken metadata it skips
+def test_mutated_images_only_ever_raise_input_decode_error():
+    # A short deterministic mutation run; the long fuzz is a separate harness.
+    rng = random.Random(5)
+    seeds = [encode(gradient((48, 32)), fmt) for fmt in ("JPEG", "PNG", "GIF", "TIFF", "WEBP")]
+    outcomes = set()
+    for _ in range(400):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            if rng.random() < 0.7:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            else:
+                data = data[: rng.randrange(1, len(data) + 1)]
+        try:
+            decode_image(bytes(data), SPEC)
+            outcomes.add("ok")
+        except InputDecodeError as exc:
+            assert str(exc) and "\n" not in str(exc) and len(str(exc)) < 200
+            outcomes.add("error")
+    assert outcomes == {"ok", "error"}

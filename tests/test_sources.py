@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import sys
 import tarfile
 import zipfile
@@ -346,3 +347,29 @@ def test_items_are_produced_lazily(tmp_path, monkeypatch):
     assert reads == []
     next(stream)
     assert reads == ["d/a.jpg"]
+
+
+@pytest.mark.parametrize(("suffix", "mode"), [(".tar", "w"), (".tar.gz", "w:gz"), (".zip", None)])
+def test_mutated_archives_give_items_never_exceptions_or_files(tmp_path, monkeypatch, suffix, mode):
+    monkeypatch.chdir(tmp_path)
+    members = [("a.jpg", jpeg_bytes()), ("../up.png", png_bytes()), ("n.txt", b"x")]
+    if mode is None:
+        with zipfile.ZipFile(tmp_path / "seed.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, data in members:
+                archive.writestr(name, data)
+    else:
+        make_tar(tmp_path / f"seed{suffix}", members, mode)
+    seed = (tmp_path / f"seed{suffix}").read_bytes()
+    rng = random.Random(7)
+    for _ in range(60):
+        data = bytearray(seed)
+        for _ in range(rng.randint(1, 4)):
+            if rng.random() < 0.7:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            else:
+                data = data[: rng.randrange(1, len(data) + 1)]
+        (tmp_path / f"m{suffix}").write_bytes(bytes(data))
+        for item in iter_sources([f"m{suffix}"]):
+            assert (item.data is None) == (item.error is not None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"seed{suffix}", f"m{suffix}"])
+    assert not (tmp_path.parent / "up.png").exists()
