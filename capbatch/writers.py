@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 from collections.abc import Collection, Iterator, Sequence
@@ -81,7 +82,9 @@ class Row:
             if record[name] is not None:
                 record[name] = escape_undecodable(str(record[name]))
         if record["score"] is not None:
-            record["score"] = float(record["score"])
+            score = float(record["score"])
+            # NaN/inf have no JSON spelling and no meaning as a confidence.
+            record["score"] = score if math.isfinite(score) else None
         return record
 
 
@@ -452,6 +455,8 @@ class ParquetWriter:
         self.parts = parts_dir_for(out)
         self.schema = _parquet_schema(self.pa)
         self._closed = False
+        if append and out.exists():
+            _check_parquet_output(out, self.pq)
         try:
             if not append:
                 shutil.rmtree(self.parts, ignore_errors=True)
@@ -498,6 +503,8 @@ class ParquetWriter:
         pa, _, pq = _pyarrow()
         done: dict[str, str] = {}
         sources = ([out] if out.exists() else []) + _part_files(parts_dir_for(out))
+        if out.exists():
+            _check_parquet_output(out, pq)
         for source in sources:
             table = pq.read_table(source, columns=["key", "status"])
             done.update(zip(table.column("key").to_pylist(), table.column("status").to_pylist()))
@@ -521,6 +528,18 @@ class ParquetWriter:
             pq.write_table(kept, buffer)
             _replace_atomically(out, buffer.getvalue().to_pybytes())
         return dropped
+
+
+def _check_parquet_output(out: Path, pq) -> None:
+    try:
+        names = tuple(pq.read_schema(out).names)
+    except Exception as exc:  # pyarrow's ArrowInvalid and friends: not Parquet at all
+        raise OutputError(f"{out} exists but is not a readable Parquet file: {exc}") from None
+    if names != ROW_FIELDS:
+        raise OutputError(
+            f"{out} exists but is not a capbatch Parquet file (columns {list(names)[:4]}...); "
+            "choose another output or start over"
+        )
 
 
 def _merge_parquet(out: Path, pa, pc, pq, schema) -> None:

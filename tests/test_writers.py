@@ -65,6 +65,11 @@ def test_row_fields_and_validation():
         row("k", status="maybe")
 
 
+def test_non_finite_scores_become_null():
+    assert row("k", score=float("-inf")).to_record()["score"] is None
+    assert row("k", score=float("nan")).to_record()["score"] is None
+
+
 def test_format_for():
     assert format_for(Path("x.CSV"), None) == "csv"
     assert format_for(Path("x.ndjson"), None) == "jsonl"
@@ -249,6 +254,19 @@ def test_parquet_crash_after_merge_does_not_duplicate(tmp_path, parquet):
     writer.write([row("d")])
     writer.close()
     assert parquet.read_table(out).column("key").to_pylist() == ["a", "b", "c", "d"]
+
+
+def test_parquet_refuses_foreign_or_broken_files(tmp_path, parquet):
+    import pyarrow as pa
+
+    foreign = tmp_path / "foreign.parquet"
+    parquet.write_table(pa.table({"id": [1]}), foreign)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet at all")
+    with pytest.raises(OutputError, match="not a capbatch Parquet"):
+        open_writer(foreign, "parquet", append=True)
+    with pytest.raises(OutputError, match="not a readable Parquet"):
+        read_done(broken, "parquet")
 
 
 # -- sidecars -----------------------------------------------------------------------------
