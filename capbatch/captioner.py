@@ -3,7 +3,7 @@
 The CLI and the pipeline are thin layers over this class. A failing item
 never raises: it becomes a CaptionResult with status "error" and a reason.
 
-    from capbatch import Captioner
+    from capbatch.captioner import Captioner
     captioner = Captioner("models/scenes", beam_size=3)
     for result in captioner.caption(["a.jpg", "b.png"]):
         print(result.caption, result.score)

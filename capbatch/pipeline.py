@@ -263,7 +263,9 @@ def _caption_window(captioner, window, writer, options, summary, stop, on_progre
             reason = f"inference failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
             results = [error_result(reason, d.width, d.height) for d in images]
         rows = rows_for(chunk, results, captioner.model_id)
-        writer.write(rows)
+        written = writer.write(rows)
+        if written is not None:  # a writer may turn rows into errors (an existing sidecar)
+            rows = written
         summary.ok += sum(row.status == OK for row in rows)
         summary.errors += sum(row.status == ERROR for row in rows)
         summary.elapsed_s = time.monotonic() - summary.started
