@@ -16,7 +16,7 @@ from capbatch.cli import main
 from capbatch.errors import ExitCode
 from capbatch.writers import OutputLock
 from tests.runtime_fakes import make_fake_bundle
-from tests.test_captioner import run_without_torch
+from tests.test_captioner import REPO, run_without_torch
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +217,32 @@ def test_cli_runs_without_torch(bundle, photos, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "EXIT 1" in done.stdout  # broken.jpg: some failed
     assert len(read_csv(out)) == 4
+
+
+def test_sigint_exits_3_with_whole_rows(bundle, photos, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "interrupted.csv"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "capbatch", "caption", "--from-list", "-", "--out", str(out),
+         "--model", str(bundle), "--batch-size", "1"],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    process.stdin.write(f"{photos / 'a.png'}\n{photos / 'b.jpg'}\n".encode())
+    process.stdin.flush()
+    process.stderr.readline()  # "model ... on ...": loaded, now waiting for more of the list
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    process.stdin.close()
+    assert process.wait(timeout=60) == ExitCode.INTERRUPTED
+    err = process.stderr.read().decode()
+    assert "Traceback" not in err
+    if out.exists():  # only whole rows, never a torn one
+        text = out.read_text()
+        assert text.endswith("\n")
+        assert all(r["status"] in ("ok", "error") for r in read_csv(out))
