@@ -97,3 +97,61 @@ def test_bad_config_is_refused():
         ModelConfig(vocab_size=10, encoder="vgg")
     with pytest.raises(ValueError, match="tap"):
         ModelConfig(vocab_size=10, encoder="resnet50", feature_taps=(3,))
+
+
+def _cat_jpeg():
+    from pathlib import Path
+
+    return Path(__file__).parent / "data" / "cat_chelsea.jpg"
+
+
+def test_lite0_real_weights_load_strictly_and_see_a_cat(torch):
+    """The encoder as trained and exported (uint8 NHWC in, regions out), topped with
+    the ImageNet head, puts a cat class (281-285) in its top 5 on a real photo."""
+    from capbatch.training.model import build_model, load_lite0_classifier
+    from PIL import Image
+
+    from capbatch.preprocess import preprocess_image
+
+    classifier = load_lite0_classifier(None).eval()  # strict=True inside
+    config = _config()
+    model = build_model(config).eval()
+    pixels = preprocess_image(Image.open(_cat_jpeg()), config.preprocess)  # (224, 224, 3) uint8
+    with torch.inference_mode():
+        regions = model.encoder(torch.from_numpy(pixels.copy()).unsqueeze(0))  # (1, 49, 1280)
+        logits = classifier.classifier(regions.mean(dim=1))  # global average pool -> fc
+    top5 = logits.topk(5).indices[0].tolist()
+    assert set(top5) & set(range(281, 286)), top5
+    assert top5[0] in range(281, 286), top5
+
+
+def test_lite0_weights_that_do_not_fit_are_refused(torch, tmp_path):
+    from capbatch.training.model import EncoderWeightsError, load_lite0_classifier
+
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv_stem.weight": torch.zeros(1)}, bad)
+    with pytest.raises(EncoderWeightsError, match="does not fit tf_efficientnet_lite0"):
+        load_lite0_classifier(bad)
+    with pytest.raises(EncoderWeightsError, match="not found"):
+        load_lite0_classifier(tmp_path / "missing.pth")
+
+
+def test_resnet50_needs_a_weights_file(torch):
+    from capbatch.training.model import EncoderWeightsError, build_model
+
+    with pytest.raises(EncoderWeightsError, match="--encoder-weights"):
+        build_model(_config(encoder="resnet50"))
+
+
+def test_decoder_image_index_equals_repeating_features(torch):
+    from capbatch.training.model import build_model
+
+    model = build_model(_config(), pretrained=False).eval()
+    features = torch.randn(2, 49, 1280)
+    captions = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0], [1, 8, 9, 2]])
+    index = torch.tensor([0, 0, 1])
+    with torch.inference_mode():
+        grouped = model.decoder(features, captions, index)
+        repeated = model.decoder(features[index], captions)
+    assert torch.allclose(grouped[0], repeated[0], atol=1e-6)
+    assert torch.allclose(grouped[1], repeated[1], atol=1e-6)

@@ -1,0 +1,121 @@
+"""capbatch-train fit / eval end to end through the CLI, its errors, and seeded determinism."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import needs_torch
+from tests.test_training_fixtures import shape_scenes, write_csv_dataset
+
+pytestmark = needs_torch
+
+SMALL = ["--embed-dim", "16", "--attention-dim", "16", "--decoder-dim", "32", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    scenes = shape_scenes(limit=12)
+    names = [s[0] for s in scenes]
+    root = tmp_path_factory.mktemp("data")
+    extra = {name: [caption.replace("a ", "one ", 1)] for name, caption, _ in scenes}
+    return write_csv_dataset(
+        root, scenes, {"train": names[:8], "val": names[8:10], "test": names[10:]}, extra
+    )
+
+
+def test_fit_then_eval_writes_a_report(dataset, tmp_path, capsys):
+    from capbatch.training.cli import main
+
+    out = tmp_path / "run"
+    code = main(
+        [
+            "fit",
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--no-progress",
+            *SMALL,
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["epochs_run"] == 2 and summary["train_captions"] == 16
+    assert (out / "best.pt").is_file() and (out / "metrics.jsonl").is_file()
+
+    report_path = tmp_path / "report.json"
+    code = main(
+        [
+            "eval",
+            "--ckpt",
+            str(out / "best.pt"),
+            "--data",
+            str(dataset),
+            "--split",
+            "test",
+            "--beam",
+            "3",
+            "--out",
+            str(report_path),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(report_path.read_text())
+    test = report["splits"]["test"]
+    assert report["beam"] == 3 and test["images"] == 2
+    for key in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider"):
+        assert 0.0 <= test[key] <= 10.0, key
+    if shutil.which("java"):
+        assert 0.0 <= test["meteor"] <= 1.0
+    assert "semantic_accuracy" not in test  # not a generated-scenes dataset
+    assert len(test["examples"]) == 2
+
+
+def test_errors_are_one_line_with_exit_code(tmp_path, capsys):
+    from capbatch.training.cli import main
+
+    code = main(["fit", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        err.startswith("capbatch-train: error: data directory not found") and err.count("\n") == 1
+    )
+    code = main(["eval", "--ckpt", str(tmp_path / "x.pt"), "--data", str(tmp_path)])
+    assert code == 2 and "checkpoint not found" in capsys.readouterr().err
+    code = main(["fit", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--epochs", "0"])
+    assert code == 2 and "epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_same_seed_same_weights(dataset, tmp_path):
+    import torch
+    from capbatch.training.checkpoint import load_checkpoint
+    from capbatch.training.train import TrainOptions, fit
+
+    def run(name, seed):
+        options = TrainOptions(
+            data=dataset,
+            out=tmp_path / name,
+            epochs=1,
+            batch_size=4,
+            embed_dim=16,
+            attention_dim=16,
+            decoder_dim=32,
+            threads=1,
+            progress=False,
+            seed=seed,
+            cache_dir=tmp_path / "cache",
+        )
+        fit(options)
+        return load_checkpoint(tmp_path / name / "last.pt")["model"]
+
+    a, b, c = run("a", 0), run("b", 0), run("c", 1)
+    decoder_keys = [k for k in a if k.startswith("decoder.")]
+    assert all(torch.equal(a[k], b[k]) for k in decoder_keys)
+    assert not all(torch.equal(a[k], c[k]) for k in decoder_keys)

@@ -1,0 +1,203 @@
+"""Caption metrics and the `capbatch-train eval` report.
+
+BLEU-1..4, METEOR, ROUGE-L and CIDEr come from pycocoevalcap (METEOR runs the
+machine's Java; SPICE needs a model download and is left out). Captions and
+references are normalised the same simple way before scoring (lower case,
+words and apostrophes only), in Python, so per-epoch validation BLEU and the
+final report agree. On generated-scene datasets the report adds semantic
+accuracy: the share of captions stating exactly the scene's true facts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from capbatch.errors import UsageError
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data import CaptionedImage, DatasetError, read_dataset
+from .decoding import beam_search, greedy_decode
+from .features import build_feature_cache
+from .model import EncoderDecoder
+from .tokenizer import CaptionTokenizer
+
+_WORDS = re.compile(r"[a-z0-9']+")
+
+
+def normalize_caption(text: str) -> str:
+    return " ".join(_WORDS.findall(text.lower()))
+
+
+def bleu_scores(hypotheses: dict[str, str], references: dict[str, list[str]]) -> list[float]:
+    """Corpus BLEU-1..4 of one hypothesis per key against its references."""
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    gts, res = _normalised(hypotheses, references)
+    scores, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    return [float(s) for s in scores]
+
+
+def caption_metrics(
+    hypotheses: dict[str, str], references: dict[str, list[str]], meteor: bool = True
+) -> dict[str, float]:
+    """BLEU-1..4, ROUGE-L, CIDEr and (when Java is present) METEOR."""
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts, res = _normalised(hypotheses, references)
+    metrics = {f"bleu{n + 1}": s for n, s in enumerate(bleu_scores(hypotheses, references))}
+    metrics["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+    metrics["cider"] = float(Cider().compute_score(gts, res)[0])
+    if meteor and shutil.which("java"):
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        scorer = Meteor()
+        try:
+            metrics["meteor"] = float(scorer.compute_score(gts, res)[0])
+        finally:
+            # Meteor's __del__ stops its Java process; drop it deterministically.
+            del scorer
+    return metrics
+
+
+def _normalised(hypotheses: dict[str, str], references: dict[str, list[str]]):
+    keys = sorted(hypotheses)
+    missing = [k for k in keys if not references.get(k)]
+    if missing:
+        raise ValueError(f"no references for {missing[:3]}")
+    # An empty hypothesis would crash BLEU's length ratio; score it as one unknown word.
+    res = {k: [normalize_caption(hypotheses[k]) or "<empty>"] for k in keys}
+    gts = {k: [normalize_caption(r) for r in references[k]] for k in keys}
+    return gts, res
+
+
+# --------------------------------------------------------------------------- captioning
+
+
+def caption_features(
+    model: EncoderDecoder,
+    tokenizer: CaptionTokenizer,
+    features: torch.Tensor,
+    beam: int = 1,
+    batch_size: int = 64,
+) -> list[str]:
+    """features (N, L, D) -> one caption per image (greedy for beam 1, else beam search)."""
+    captions: list[str] = []
+    for start in range(0, features.shape[0], batch_size):
+        chunk = features[start : start + batch_size]  # (B, L, D)
+        if beam == 1:
+            hyps = greedy_decode(model, chunk)
+        else:
+            hyps = [ranked[0] for ranked in beam_search(model, chunk, beam_size=beam)]
+        captions.extend(tokenizer.decode(h.tokens) for h in hyps)
+    return captions
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    checkpoint: Path
+    data: Path
+    split: str = "test"
+    beam: int = 1
+    out: Path | None = None
+    cache_dir: Path | None = None  # default: the checkpoint's folder / "features"
+    batch_size: int = 64
+    limit: int = 0  # evaluate only the first N images of the split (0 = all)
+    meteor: bool = True
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.beam < 1:
+            raise ValueError("beam must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.limit < 0:
+            raise ValueError("limit must be >= 0")
+
+
+def evaluate(options: EvalOptions) -> dict:
+    """Caption a split with a checkpoint and score it; write the JSON report if asked.
+
+    On a generated-scenes dataset, evaluating "test" also reports "test_novel"
+    (held-out combinations), each with its own semantic accuracy.
+    """
+    data = load_checkpoint(options.checkpoint)
+    model = model_from_checkpoint(data).to(options.device)
+    tokenizer = CaptionTokenizer.from_checkpoint(data)
+    dataset = read_dataset(options.data)
+    splits = [options.split]
+    if dataset.scenes_file and options.split == "test" and "test_novel" in dataset.splits:
+        splits.append("test_novel")
+    cache_root = options.cache_dir or Path(options.checkpoint).parent / "features"
+    facts = _scene_facts(dataset.root) if dataset.scenes_file else None
+    report: dict = {
+        "checkpoint": str(options.checkpoint),
+        "data": str(options.data),
+        "beam": options.beam,
+        "epoch": data.get("epoch"),
+        "splits": {},
+    }
+    for split in splits:
+        images = dataset.split(split)
+        if options.limit:
+            images = images[: options.limit]
+        if not images:
+            raise DatasetError(f"{options.data}: split {split!r} is empty")
+        captions = caption_images(model, tokenizer, images, cache_root, options)
+        hypotheses = {im.name: c for im, c in zip(images, captions, strict=True)}
+        references = {im.name: list(im.captions) for im in images}
+        result: dict = {"images": len(images)}
+        result.update(caption_metrics(hypotheses, references, meteor=options.meteor))
+        if facts is not None:
+            result["semantic_accuracy"] = _semantic_accuracy(
+                captions, [facts[im.name] for im in images]
+            )
+        result["examples"] = [
+            {"image": im.name, "caption": c, "references": list(im.captions[:2])}
+            for im, c in list(zip(images, captions))[:5]
+        ]
+        report["splits"][split] = result
+    if options.out:
+        Path(options.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(options.out).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def caption_images(
+    model: EncoderDecoder,
+    tokenizer: CaptionTokenizer,
+    images: Sequence[CaptionedImage],
+    cache_root: Path,
+    options: EvalOptions,
+) -> list[str]:
+    cache = build_feature_cache(
+        model.encoder, [(im.name, im.path) for im in images], cache_root, device=options.device
+    )
+    features = cache.batch(cache.rows([im.name for im in images])).to(options.device)
+    return caption_features(model, tokenizer, features, options.beam, options.batch_size)
+
+
+def _scene_facts(root: Path) -> dict:
+    """image name -> true facts, read by the generated-scenes module itself."""
+    return _scenes_module().load_scene_facts(root)
+
+
+def _scenes_module():
+    try:
+        from . import scenes
+    except ImportError as exc:
+        raise UsageError(
+            "semantic accuracy needs capbatch.training.scenes (the generated-scenes module)"
+        ) from exc
+    return scenes
+
+
+def _semantic_accuracy(captions: list[str], facts: list) -> float:
+    return float(_scenes_module().semantic_accuracy(captions, facts))

@@ -1,0 +1,203 @@
+"""Feature cache: run the frozen encoder once per image, train the decoder from disk.
+
+The encoder is frozen by default, so its output for an image never changes
+during training. Computing it once (float16, memory-mapped) instead of every
+epoch is what makes CPU training practical: an epoch then costs only the small
+decoder.
+
+Layout of one cache (a directory per encoder fingerprint under the cache root):
+
+    <root>/<fingerprint[:16]>/index.json      {"fingerprint", "names", "shape", "dtype"}
+    <root>/<fingerprint[:16]>/features.f16    raw float16, shape (N, L, D), row i = names[i]
+
+The fingerprint hashes the encoder-relevant config (backbone, taps, positions,
+normalisation, preprocessing) and every encoder tensor, so a different
+encoder or weights file can never be served stale features. A build that is
+interrupted resumes from its `.partial` files; adding images to a cache copies
+the rows it already has instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from capbatch.preprocess import PreprocessSpec, preprocess_image
+
+from .data import DatasetError
+from .model import ImageEncoder
+
+INDEX_FILE = "index.json"
+DATA_FILE = "features.f16"
+PARTIAL = ".partial"
+
+
+def encoder_fingerprint(encoder: ImageEncoder) -> str:
+    """sha256 of what determines the encoder's output: config fields and weights."""
+    config = encoder.config
+    relevant = {
+        "encoder": config.encoder,
+        "feature_taps": list(config.feature_taps),
+        "position_features": config.position_features,
+        "mean": list(config.mean),
+        "std": list(config.std),
+        "preprocess": config.preprocess.to_dict(),
+    }
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        digest.update(raw.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_image(path: Path, spec: PreprocessSpec) -> np.ndarray:
+    """One image file -> the encoder's uint8 (S, S, 3) input, via the shared preprocess."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return preprocess_image(image, spec)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DatasetError(f"cannot read image {path}: {exc}") from exc
+
+
+def load_images(paths: Sequence[Path], spec: PreprocessSpec, pool: ThreadPoolExecutor | None):
+    """Decode + resize a batch; Pillow releases the GIL while decoding, so threads help."""
+    arrays = (
+        pool.map(lambda p: load_image(p, spec), paths)
+        if pool
+        else (load_image(p, spec) for p in paths)
+    )
+    return np.stack(list(arrays))  # (B, S, S, 3) uint8
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    directory: Path
+    fingerprint: str
+    names: tuple[str, ...]
+    features: np.ndarray  # (N, L, D) float16 memmap, read-only
+
+    @property
+    def row_of(self) -> dict[str, int]:
+        return {name: row for row, name in enumerate(self.names)}
+
+    def rows(self, names: Sequence[str]) -> np.ndarray:
+        row_of = self.row_of
+        missing = [n for n in names if n not in row_of]
+        if missing:
+            raise KeyError(
+                f"feature cache {self.directory} lacks {missing[:3]} ({len(missing)} images)"
+            )
+        return np.array([row_of[n] for n in names], dtype=np.int64)
+
+    def batch(self, rows: np.ndarray) -> torch.Tensor:
+        """float32 features (B, L, D) for cache rows."""
+        return torch.from_numpy(np.asarray(self.features[rows], dtype=np.float32))
+
+    @classmethod
+    def open(cls, directory: Path, fingerprint: str | None = None) -> FeatureCache | None:
+        """The complete cache in `directory`, or None if absent or for another encoder."""
+        index_path = directory / INDEX_FILE
+        if not index_path.is_file() or not (directory / DATA_FILE).is_file():
+            return None
+        try:
+            index = json.loads(index_path.read_text())
+        except json.JSONDecodeError:
+            return None
+        if fingerprint is not None and index.get("fingerprint") != fingerprint:
+            return None
+        shape = tuple(index["shape"])
+        if (directory / DATA_FILE).stat().st_size != int(np.prod(shape)) * 2:
+            return None
+        features = np.memmap(directory / DATA_FILE, dtype=np.float16, mode="r", shape=shape)
+        return cls(directory, index["fingerprint"], tuple(index["names"]), features)
+
+
+def build_feature_cache(
+    encoder: ImageEncoder,
+    images: Sequence[tuple[str, Path]],
+    cache_root: Path | str,
+    batch_size: int = 32,
+    workers: int = 2,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> FeatureCache:
+    """Features for every (name, path), computing only those not cached yet."""
+    fingerprint = encoder_fingerprint(encoder)
+    directory = Path(cache_root) / fingerprint[:16]
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = FeatureCache.open(directory, fingerprint)
+    paths = dict(images)
+    have = set(existing.names) if existing else set()
+    todo = [n for n in dict.fromkeys(paths) if n not in have]
+    if existing and not todo:
+        return existing
+    names = list(existing.names if existing else ()) + todo
+    config = encoder.config
+    shape = (len(names), config.num_regions, config.encoder_dim)
+
+    partial_index = directory / (INDEX_FILE + PARTIAL)
+    partial_data = directory / (DATA_FILE + PARTIAL)
+    index = {"fingerprint": fingerprint, "names": names, "shape": list(shape), "dtype": "float16"}
+    filled = 0
+    if partial_index.is_file() and partial_data.is_file():
+        previous = json.loads(partial_index.read_text())
+        if {k: previous.get(k) for k in index} == index:
+            filled = int(previous.get("filled", 0))  # resume an interrupted build
+    mode = "r+" if filled else "w+"
+    out = np.memmap(partial_data, dtype=np.float16, mode=mode, shape=shape)
+    if existing and filled < len(existing.names):
+        out[: len(existing.names)] = existing.features
+        filled = len(existing.names)
+        _write_index(partial_index, {**index, "filled": filled})
+
+    encoder = encoder.eval().to(device)
+    bar = _progress(len(names) - filled, "features", progress)
+    with ThreadPoolExecutor(max(1, workers)) as pool, torch.inference_mode():
+        for start in range(filled, len(names), batch_size):
+            chunk = names[start : start + batch_size]
+            pixels = torch.from_numpy(
+                load_images([paths[n] for n in chunk], config.preprocess, pool)
+            )
+            features = encoder(pixels.to(device))  # (B, L, D)
+            out[start : start + len(chunk)] = features.float().cpu().numpy().astype(np.float16)
+            out.flush()
+            _write_index(partial_index, {**index, "filled": start + len(chunk)})
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    del out
+    os.replace(partial_data, directory / DATA_FILE)
+    _write_index(directory / INDEX_FILE, index)
+    partial_index.unlink(missing_ok=True)
+    cache = FeatureCache.open(directory, fingerprint)
+    if cache is None:
+        raise RuntimeError(f"feature cache {directory} did not verify after writing")
+    return cache
+
+
+def _write_index(path: Path, index: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(index))
+    os.replace(tmp, path)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
