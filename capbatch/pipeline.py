@@ -196,7 +196,7 @@ def run_captioning(
     with OutputLock(options.out):
         done = {} if options.overwrite else read_done(options.out, fmt)
         resuming = options.resume or options.retry_errors
-        if not options.overwrite and not resuming and _output_has_content(options.out, done):
+        if not options.overwrite and not resuming and _output_has_content(options.out, fmt, done):
             raise UsageError(
                 f"{options.out} already exists; pass --resume to continue it "
                 "(--retry-errors to also redo failed images) or --overwrite to start over"
@@ -211,6 +211,7 @@ def run_captioning(
             glob=options.glob,
             from_list=options.from_list,
         )
+        created = not options.out.exists()
         writer = open_writer(
             options.out,
             fmt,
@@ -229,6 +230,13 @@ def run_captioning(
                     _caption_window(captioner, window, writer, options, summary, stop, on_progress)
                 finally:
                     window.cancel()
+        except BaseException:
+            writer.close()
+            if created and summary.processed == 0:
+                # A fatal error before any row (an unreadable list file, say) leaves no
+                # empty output behind to block the rerun with "already exists".
+                options.out.unlink(missing_ok=True)
+            raise
         finally:
             writer.close()
             summary.interrupted = stop.is_set()
@@ -236,9 +244,12 @@ def run_captioning(
     return summary
 
 
-def _output_has_content(out: Path, done: dict[str, str]) -> bool:
+def _output_has_content(out: Path, fmt: str, done: dict[str, str]) -> bool:
+    """Whether starting over would lose something."""
     if done:
         return True
+    if fmt == "csv":
+        return False  # read_done accepted its header: a capbatch CSV with no rows
     return out.is_file() and out.stat().st_size > 0
 
 

@@ -246,3 +246,16 @@ def test_sigint_exits_3_with_whole_rows(bundle, photos, tmp_path):
         text = out.read_text()
         assert text.endswith("\n")
         assert all(r["status"] in ("ok", "error") for r in read_csv(out))
+
+
+def test_fatal_error_before_any_row_leaves_no_output(capsys, bundle, tmp_path):
+    out = tmp_path / "never.csv"
+    args = ("caption", "--from-list", tmp_path / "missing.txt", "--out", out, "--model", bundle)
+    code, _, err = run_cli(capsys, *args)
+    assert code == ExitCode.FATAL and "cannot read list file" in err
+    assert not out.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for _ in range(2):  # a header-only CSV from a run over nothing does not block a rerun
+        code, _, _ = run_cli(capsys, "caption", empty, "--out", out, "--model", bundle, "-q")
+        assert code == ExitCode.OK
