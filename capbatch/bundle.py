@@ -99,7 +99,7 @@ class Bundle:
     def step_model(self, encoded: Encoded) -> StepModel:
         """The step interface the decoding loop drives, for one encoded batch."""
         if self.on_cuda:
-            return CudaStepModel(self.decoder_step, encoded, self.start_id, self.end_id)
+            return BoundStepModel(self.decoder_step, encoded, self.start_id, self.end_id)
         dtypes = {
             i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.decoder_step.get_inputs()
         }
@@ -132,18 +132,30 @@ class Bundle:
         )
 
 
-class CudaStepModel:
-    """StepModel with IO binding: h/c and the per-row features stay on the GPU.
+class BoundStepModel:
+    """StepModel with IO binding: h/c and the per-row features stay on the device.
 
     log_probs and alpha come back to the host each step (the loop needs them);
     h/c only travel when rows are dropped or reordered (beam parents), and
-    features/projected are uploaded once per row->image map.
+    features/projected are uploaded once per row->image map. Used on CUDA; with
+    device_type="cpu" the same code runs on any onnxruntime, which is how the
+    tests cover it.
     """
 
-    def __init__(self, session, encoded: Encoded, start_id: int, end_id: int, device_id: int = 0):
+    def __init__(
+        self,
+        session,
+        encoded: Encoded,
+        start_id: int,
+        end_id: int,
+        *,
+        device_type: str = "cuda",
+        device_id: int = 0,
+    ):
         import onnxruntime as ort
 
-        self._ort, self._session, self._device_id = ort, session, device_id
+        self._ort, self._session = ort, session
+        self._device_type, self._device_id = device_type, device_id
         self._encoded = encoded
         self.start_id, self.end_id = int(start_id), int(end_id)
         self.num_images = int(encoded.features.shape[0])
@@ -153,7 +165,7 @@ class CudaStepModel:
 
     def _to_device(self, array: np.ndarray, name: str):
         array = np.ascontiguousarray(array.astype(self._dtypes[name], copy=False))
-        return self._ort.OrtValue.ortvalue_from_numpy(array, "cuda", self._device_id)
+        return self._ort.OrtValue.ortvalue_from_numpy(array, self._device_type, self._device_id)
 
     def _features_for(self, images: np.ndarray):
         key = images.tobytes()
@@ -180,8 +192,8 @@ class CudaStepModel:
         binding.bind_ortvalue_input("features", features)
         binding.bind_ortvalue_input("projected", projected)
         binding.bind_output("log_probs", "cpu")
-        binding.bind_output("h_out", "cuda", self._device_id)
-        binding.bind_output("c_out", "cuda", self._device_id)
+        binding.bind_output("h_out", self._device_type, self._device_id)
+        binding.bind_output("c_out", self._device_type, self._device_id)
         binding.bind_output("alpha", "cpu")
         self._session.run_with_iobinding(binding)
         # get_outputs() follows the order of the bind_output calls above.
