@@ -1,0 +1,320 @@
+"""Checkpoint -> validated model bundle directory (and optional fp16/int8 variants).
+
+Each bundle is written into a hidden temp directory beside its destination and
+renamed into place only when complete, so a failed export leaves no half bundle.
+Variants are sibling bundles: OUT-fp16/ and OUT-int8/ (see variant_dir).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from capbatch.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+from capbatch.errors import ExportError
+from capbatch.manifest import sha256_file
+
+from .manifest import (
+    build_manifest,
+    vocab_from_tokenizer_json,
+    write_manifest,
+    write_vocab_files,
+)
+from .specs import (
+    DEFAULT_OPSET,
+    ENCODER,
+    FP16_BLOCKED_OPS,
+    MIN_OPSET,
+    TRACE_BATCH,
+    VARIANT_MIN_AGREEMENT,
+    GraphSpec,
+    decoder_step_spec,
+)
+from .validate import (
+    GreedyResult,
+    VariantAgreementError,
+    caption_agreement,
+    ort_greedy,
+    ort_session,
+    validate_captions,
+    validate_graphs,
+    validation_images,
+)
+from .wrappers import DecoderStepGraph, EncoderGraph, export_copy
+
+VARIANTS = ("fp16", "int8")
+
+
+def variant_dir(out_dir: Path | str, variant: str) -> Path:
+    """Where a variant bundle goes: a sibling directory OUT-<variant>."""
+    if variant == "fp32":
+        return Path(out_dir)
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f"{out_dir.name}-{variant}")
+
+
+def export_bundle(
+    ckpt_path: Path | str,
+    out_dir: Path | str,
+    *,
+    opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
+    int8: bool = False,
+    validate: bool = True,
+    validate_images: Path | str | None = None,
+    top_k: int = 0,
+    force: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Export ckpt_path to the bundle out_dir (fp32) and the requested variants.
+
+    Returns out_dir. Raises CheckpointError for an unusable checkpoint and
+    ExportError (ValidationError, VariantAgreementError) when export or
+    validation fails; nothing is left at a destination on failure.
+    """
+    if opset < MIN_OPSET:
+        raise ExportError(
+            f"opset {opset} is too old: LSTMCell/attention export needs >= {MIN_OPSET}"
+        )
+    out_dir = Path(out_dir)
+    targets = [out_dir] + [variant_dir(out_dir, v) for v, on in zip(VARIANTS, (fp16, int8)) if on]
+    for target in targets:
+        if target.exists() and not overwrite:
+            raise ExportError(f"{target} already exists (pass --overwrite to replace it)")
+    ckpt_path = Path(ckpt_path)
+    checkpoint = load_checkpoint(ckpt_path)
+    model = export_copy(model_from_checkpoint(checkpoint))
+    config = model.config
+    vocab = vocab_from_tokenizer_json(checkpoint["tokenizer"], config.vocab_size)
+    checkpoint_sha256 = sha256_file(ckpt_path)
+    step_spec = decoder_step_spec(top_k)
+    images = validation_images(
+        config.preprocess, Path(validate_images) if validate_images else None
+    )
+
+    def finish(bundle: Path, variant: str, validation: dict | None) -> None:
+        write_vocab_files(bundle, vocab, checkpoint["tokenizer"])
+        manifest = build_manifest(
+            bundle,
+            config=config,
+            checkpoint=checkpoint,
+            checkpoint_sha256=checkpoint_sha256,
+            decoder_spec=step_spec,
+            top_k=top_k,
+            opset=opset,
+            variant=variant,
+            validation=validation,
+        )
+        write_manifest(bundle, manifest)
+
+    with ExitStack() as stack:
+        # Every destination is staged up front and renamed only when all succeeded.
+        staged = stack.enter_context(_staging(out_dir, overwrite))
+        encoder_path, step_path = export_graphs(model, staged, opset=opset, top_k=top_k)
+        validation = None
+        if validate:
+            validation = validate_graphs(model, encoder_path, step_path, images, top_k=top_k)
+            tie_gap = 2 * step_spec.outputs[0].tolerance_for(0.0)
+            validation.update(
+                validate_captions(model, encoder_path, step_path, images, tie_gap=tie_gap)
+            )
+        finish(staged, "fp32", validation)
+        reference = _greedy(staged, images, config) if (fp16 or int8) else []
+
+        for variant, wanted in zip(VARIANTS, (fp16, int8)):
+            if not wanted:
+                continue
+            variant_staged = stack.enter_context(_staging(variant_dir(out_dir, variant), overwrite))
+            _write_variant(variant, staged, variant_staged)
+            agreement = caption_agreement(reference, _greedy(variant_staged, images, config))
+            if agreement < VARIANT_MIN_AGREEMENT and not force:
+                raise VariantAgreementError(
+                    f"{variant} variant agrees with fp32 on {agreement:.0%} of "
+                    f"{len(images)} validation images (< {VARIANT_MIN_AGREEMENT:.0%}); "
+                    "not written (pass --force to write it anyway)"
+                )
+            finish(
+                variant_staged,
+                variant,
+                {
+                    "images": len(images),
+                    "caption_agreement": agreement,
+                    "min_agreement": VARIANT_MIN_AGREEMENT,
+                    "forced": agreement < VARIANT_MIN_AGREEMENT,
+                },
+            )
+    return out_dir
+
+
+# --------------------------------------------------------------------------- graphs
+
+
+def export_graphs(model, out_dir: Path, *, opset: int, top_k: int = 0) -> tuple[Path, Path]:
+    """Trace both graphs from a CPU eval copy (see wrappers.export_copy) into out_dir.
+
+    The TorchScript exporter (dynamo=False) is used: it handles nn.LSTMCell and
+    dynamic_axes maturely and is fast (~seconds); the dynamo exporter is slower and
+    its output for the step graph is larger for no gain here.
+    """
+    config = model.config
+    size = config.preprocess.size
+    images = torch.randint(0, 256, (TRACE_BATCH, size, size, 3), dtype=torch.uint8)
+    encoder_path = out_dir / ENCODER.file
+    _trace(EncoderGraph(model), (images,), encoder_path, ENCODER, opset)
+    with torch.no_grad():
+        features, projected, h, c = EncoderGraph(model)(images)
+    tokens = torch.full((TRACE_BATCH,), config.start_id, dtype=torch.long)
+    step_spec = decoder_step_spec(top_k)
+    step_path = out_dir / step_spec.file
+    _trace(
+        DecoderStepGraph(model, top_k),
+        (tokens, h, c, features, projected),
+        step_path,
+        step_spec,
+        opset,
+    )
+    check_static_encoder(encoder_path)
+    return encoder_path, step_path
+
+
+def _trace(module, args: tuple, path: Path, spec: GraphSpec, opset: int) -> None:
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # The TorchScript exporter's deprecation and tracer warnings are noise here.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module.eval(),
+                args,
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                dynamic_axes=spec.dynamic_axes(),
+                do_constant_folding=True,
+            )
+    except Exception as exc:  # the exporter raises many unrelated types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"exporting {spec.file} failed: {first}") from exc
+
+
+def dynamic_pad_nodes(path: Path) -> list[str]:
+    """Pad nodes whose pads depend on a run-time shape (a Shape node or a graph input).
+
+    The TorchScript exporter lowers a constant F.pad through a small
+    ConstantOfShape/Concat/Slice chain; that is static and ORT folds it at load.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {output: node for node in graph.node for output in node.output}
+    graph_inputs = {i.name for i in graph.input}
+
+    def depends_on_runtime_shape(name: str, seen: set[str]) -> bool:
+        if name in graph_inputs:
+            return True
+        node = producer.get(name)
+        if node is None or name in seen:
+            return False  # initializer, or already visited
+        seen.add(name)
+        if node.op_type == "Shape":
+            return True
+        return any(depends_on_runtime_shape(i, seen) for i in node.input if i)
+
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type == "Pad"
+        and len(node.input) > 1
+        and depends_on_runtime_shape(node.input[1], set())
+    ]
+
+
+def check_static_encoder(path: Path) -> None:
+    dynamic = dynamic_pad_nodes(path)
+    if dynamic:
+        raise ExportError(
+            f"{path.name} computes padding at run time ({len(dynamic)} Pad nodes); "
+            "a dynamic-SAME conv was not frozen"
+        )
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def _write_variant(variant: str, fp32_dir: Path, out: Path) -> None:
+    for spec in (ENCODER, decoder_step_spec()):
+        source, target = fp32_dir / spec.file, out / spec.file
+        if variant == "fp16":
+            convert_fp16(source, target)
+        else:
+            quantize_int8(source, target)
+
+
+def convert_fp16(source: Path, target: Path) -> None:
+    """float16 weights/compute, float32 I/O, softmax-family ops kept in float32."""
+    import onnx
+    from onnxconverter_common import float16
+
+    model = onnx.load(str(source))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = float16.convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=list(FP16_BLOCKED_OPS)
+        )
+    onnx.save(converted, str(target))
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 quantisation of MatMul/Gemm weights (activations stay float)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(source),
+        str(target),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"],
+    )
+
+
+def _greedy(bundle: Path, images: np.ndarray, config) -> list[GreedyResult]:
+    return ort_greedy(
+        ort_session(bundle / ENCODER.file),
+        ort_session(bundle / decoder_step_spec().file),
+        images,
+        start_id=config.start_id,
+        end_id=config.end_id,
+        max_len=config.max_len,
+    )
+
+
+# --------------------------------------------------------------------------- atomic dirs
+
+
+@contextmanager
+def _staging(destination: Path, overwrite: bool) -> Iterator[Path]:
+    """A temp dir beside destination, renamed onto it when the block succeeds."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=destination.parent))
+    try:
+        yield staged
+        if destination.exists():
+            if not overwrite:
+                raise ExportError(f"{destination} appeared during export; not replaced")
+            old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+            os.replace(destination, old)
+            os.replace(staged, destination)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staged, destination)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)

@@ -1,0 +1,294 @@
+"""ORT vs PyTorch: output names, then shapes, then values, then greedy captions.
+
+Run at batch sizes other than the traced one. The step graph is driven for
+VALIDATION_STEPS steps with ORT's own outputs fed back into both runtimes, so each
+step's comparison sees identical inputs and errors do not compound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from capbatch.training.decoding import greedy_decode
+from capbatch.training.model import EncoderDecoder
+from PIL import Image
+
+from capbatch.errors import ExportError
+from capbatch.preprocess import PreprocessSpec, preprocess_image
+
+from .specs import ENCODER, VALIDATION_BATCHES, VALIDATION_STEPS, GraphSpec, decoder_step_spec
+from .wrappers import DecoderStepGraph, EncoderGraph
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+GENERATED_IMAGES = 8
+
+
+class ValidationError(ExportError):
+    """ORT and PyTorch disagree; `failures` lists every failing check."""
+
+    def __init__(self, graph: str, failures: list[str]):
+        self.graph = graph
+        self.failures = failures
+        super().__init__(f"{graph} validation failed: " + "; ".join(failures))
+
+
+class VariantAgreementError(ExportError):
+    """A reduced-precision variant captions too differently from fp32."""
+
+
+@dataclass
+class GreedyResult:
+    tokens: list[int]
+    steps: int  # generated tokens, <end> included when generated
+    gaps: list[float] = field(default_factory=list)  # top-1 minus top-2 log-prob per step
+
+
+def ort_session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+# --------------------------------------------------------------------------- images
+
+
+def validation_images(spec: PreprocessSpec, image_dir: Path | None = None) -> np.ndarray:
+    """(N, S, S, 3) uint8: the images in image_dir (sorted), else generated scenes."""
+    if image_dir is not None:
+        paths = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise ExportError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
+        arrays = []
+        for path in paths:
+            try:
+                with Image.open(path) as image:
+                    arrays.append(preprocess_image(image, spec))
+            except OSError as exc:
+                raise ExportError(f"validation image {path} is unreadable: {exc}") from exc
+        return np.stack(arrays)
+    return generated_images(spec.size, GENERATED_IMAGES)
+
+
+def generated_images(size: int, count: int, seed: int = 0) -> np.ndarray:
+    """Deterministic blocky colour scenes (no files needed): (count, size, size, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((count, size, size, 3), dtype=np.uint8)
+    for i in range(count):
+        images[i] = rng.integers(0, 256, 3, dtype=np.uint8)  # background colour
+        for _ in range(3):
+            x0, y0 = rng.integers(0, size - size // 4, 2)
+            w, h = rng.integers(size // 8, size // 2, 2)
+            images[i, y0 : y0 + h, x0 : x0 + w] = rng.integers(0, 256, 3, dtype=np.uint8)
+    return images
+
+
+def _batch_of(images: np.ndarray, batch: int) -> np.ndarray:
+    return images[np.arange(batch) % len(images)]
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def check_io_names(session, spec: GraphSpec) -> list[str]:
+    got_in = [i.name for i in session.get_inputs()]
+    got_out = [o.name for o in session.get_outputs()]
+    failures = []
+    if got_in != spec.input_names:
+        failures.append(f"inputs are {got_in}, expected {spec.input_names}")
+    if got_out != spec.output_names:
+        failures.append(f"outputs are {got_out}, expected {spec.output_names}")
+    return failures
+
+
+class _DiffTracker:
+    """Max abs diff and max tolerance-relevant peak per output, across all runs."""
+
+    def __init__(self, spec: GraphSpec):
+        self.spec = spec
+        self.diff = {t.name: 0.0 for t in spec.outputs if t.atol is not None}
+        self.peak = dict.fromkeys(self.diff, 0.0)
+        self.shape_failures: list[str] = []
+
+    def add(self, ort_outputs: list[np.ndarray], torch_outputs, batch: int) -> None:
+        for tensor, got, want in zip(self.spec.outputs, ort_outputs, torch_outputs):
+            want = want.detach().cpu().numpy()
+            if got.shape != want.shape:
+                self.shape_failures.append(
+                    f"{tensor.name} at batch {batch}: shape {got.shape}, PyTorch {want.shape}"
+                )
+                continue
+            if tensor.atol is None:
+                continue
+            self.diff[tensor.name] = max(
+                self.diff[tensor.name], float(np.max(np.abs(got - want), initial=0.0))
+            )
+            self.peak[tensor.name] = max(
+                self.peak[tensor.name], float(np.max(np.abs(want), initial=0.0))
+            )
+
+    def tolerances(self) -> dict[str, float]:
+        by_name = {t.name: t for t in self.spec.outputs}
+        return {name: by_name[name].tolerance_for(self.peak[name]) for name in self.diff}
+
+    def failures(self) -> list[str]:
+        if self.shape_failures:
+            return self.shape_failures
+        tolerance = self.tolerances()
+        return [
+            f"{name}: max abs diff {diff:.3g} > tolerance {tolerance[name]:.3g}"
+            for name, diff in self.diff.items()
+            if not diff <= tolerance[name]  # NaN fails too
+        ]
+
+
+def validate_graphs(
+    model: EncoderDecoder,
+    encoder_path: Path,
+    step_path: Path,
+    images: np.ndarray,
+    *,
+    top_k: int = 0,
+    batches: tuple[int, ...] = VALIDATION_BATCHES,
+    steps: int = VALIDATION_STEPS,
+) -> dict:
+    """Names, shapes and values of both graphs; returns max diffs and tolerances."""
+    step_spec = decoder_step_spec(top_k)
+    encoder_session, step_session = ort_session(encoder_path), ort_session(step_path)
+    for session, spec in ((encoder_session, ENCODER), (step_session, step_spec)):
+        failures = check_io_names(session, spec)
+        if failures:
+            raise ValidationError(spec.key, failures)
+    encoder_graph = EncoderGraph(model).eval()
+    step_graph = DecoderStepGraph(model, top_k=top_k).eval()
+    encoder_diffs, step_diffs = _DiffTracker(ENCODER), _DiffTracker(step_spec)
+    start_id = model.config.start_id
+    with torch.inference_mode():
+        for batch in batches:
+            pixels = _batch_of(images, batch)
+            encoded = encoder_session.run(None, {"images": pixels})
+            encoder_diffs.add(encoded, encoder_graph(torch.from_numpy(pixels)), batch)
+            features, projected, h, c = encoded
+            tokens = np.full((batch,), start_id, dtype=np.int64)
+            for _ in range(steps):
+                feeds = {"tokens": tokens, "h": h, "c": c, "features": features,
+                         "projected": projected}  # fmt: skip
+                outputs = step_session.run(None, feeds)
+                reference = step_graph(*(torch.from_numpy(feeds[n]) for n in step_spec.input_names))
+                step_diffs.add(outputs, reference, batch)
+                log_probs, h, c = outputs[0], outputs[1], outputs[2]
+                tokens = log_probs.argmax(axis=-1).astype(np.int64)
+    for tracker in (encoder_diffs, step_diffs):
+        failures = tracker.failures()
+        if failures:
+            raise ValidationError(tracker.spec.key, failures)
+    return {
+        "batches": list(batches),
+        "steps": steps,
+        "max_abs_diff": {**encoder_diffs.diff, **step_diffs.diff},
+        "tolerance": {**encoder_diffs.tolerances(), **step_diffs.tolerances()},
+    }
+
+
+# --------------------------------------------------------------------------- greedy captions
+
+
+def ort_greedy(
+    encoder_session, step_session, images: np.ndarray, *, start_id: int, end_id: int, max_len: int
+) -> list[GreedyResult]:
+    """Minimal numpy greedy loop over the two sessions (docs/decoding.md rules).
+
+    Kept here so export validation does not depend on the runtime package's
+    decoder; it follows the same rules and is checked against PyTorch in tests.
+    """
+    features, projected, h, c = encoder_session.run(None, {"images": images})
+    batch = len(images)
+    results = [GreedyResult([], 0) for _ in range(batch)]
+    active = np.arange(batch)
+    tokens = np.full((batch,), start_id, dtype=np.int64)
+    for _ in range(max_len):
+        feeds = {"tokens": tokens, "h": h, "c": c, "features": features, "projected": projected}
+        log_probs, h, c = step_session.run(["log_probs", "h_out", "c_out"], feeds)
+        best = log_probs.argmax(axis=-1)  # first index of the max
+        top2 = np.sort(log_probs, axis=-1)[:, -2:] if log_probs.shape[1] > 1 else None
+        keep = []
+        for row, image in enumerate(active):
+            result = results[image]
+            result.steps += 1
+            if top2 is not None:
+                result.gaps.append(float(top2[row, 1] - top2[row, 0]))
+            if best[row] == end_id:
+                continue
+            result.tokens.append(int(best[row]))
+            keep.append(row)
+        if not keep:
+            break
+        active, tokens = active[keep], best[keep].astype(np.int64)
+        h, c, features, projected = h[keep], c[keep], features[keep], projected[keep]
+    return results
+
+
+def torch_greedy(model: EncoderDecoder, images: np.ndarray) -> list[tuple[list[int], int]]:
+    with torch.inference_mode():
+        features = model.encoder(torch.from_numpy(images))
+        return [(h.tokens, h.steps) for h in greedy_decode(model, features)]
+
+
+def first_divergence(a: GreedyResult, tokens: list[int], steps: int) -> int | None:
+    """Index of the first generated token where two greedy runs differ (None: equal)."""
+    sequence_a = a.tokens + ([None] if a.steps > len(a.tokens) else [])
+    sequence_b = tokens + ([None] if steps > len(tokens) else [])
+    for index, (x, y) in enumerate(zip(sequence_a, sequence_b)):
+        if x != y:
+            return index
+    return None if len(sequence_a) == len(sequence_b) else min(len(sequence_a), len(sequence_b))
+
+
+def validate_captions(
+    model: EncoderDecoder,
+    encoder_path: Path,
+    step_path: Path,
+    images: np.ndarray,
+    *,
+    tie_gap: float,
+) -> dict:
+    """Greedy tokens from ORT and PyTorch must be identical on every image.
+
+    A divergence where ORT's top-2 log-prob gap is <= tie_gap is a near-tie
+    (both runtimes are within tolerance and either token is right); it is
+    reported, not failed.
+    """
+    config = model.config
+    ort_results = ort_greedy(
+        ort_session(encoder_path),
+        ort_session(step_path),
+        images,
+        start_id=config.start_id,
+        end_id=config.end_id,
+        max_len=config.max_len,
+    )
+    reference = torch_greedy(model, images)
+    failures, near_ties, same = [], [], 0
+    for index, (result, (tokens, steps)) in enumerate(zip(ort_results, reference)):
+        where = first_divergence(result, tokens, steps)
+        if where is None:
+            same += 1
+        elif where < len(result.gaps) and result.gaps[where] <= tie_gap:
+            near_ties.append(index)
+        else:
+            failures.append(
+                f"image {index}: ORT tokens {result.tokens} != PyTorch {tokens} (step {where})"
+            )
+    if failures:
+        raise ValidationError("greedy captions", failures)
+    return {"images": len(images), "caption_agreement": same / len(images), "near_ties": near_ties}
+
+
+def caption_agreement(reference: list[GreedyResult], candidate: list[GreedyResult]) -> float:
+    """Fraction of images whose greedy tokens are identical."""
+    same = sum(a.tokens == b.tokens and a.steps == b.steps for a, b in zip(reference, candidate))
+    return same / max(1, len(reference))

@@ -1,0 +1,88 @@
+"""Export a tiny trained model to a bundle: validation, greedy parity, manifest hashes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.conftest import needs_torch
+
+pytestmark = needs_torch
+
+ENCODERS = ("efficientnet_lite0", "resnet50")
+
+
+@pytest.fixture(scope="module", params=ENCODERS)
+def validated_bundle(request):
+    from tests.bundles import make_tiny_bundle
+
+    return make_tiny_bundle(encoder=request.param, validate=True)
+
+
+def test_bundle_has_the_documented_files_and_validation(validated_bundle):
+    from capbatch.export.specs import DECODER_STEP, ENCODER, FP32_ATOL
+    from capbatch.manifest import verify_bundle
+
+    manifest = verify_bundle(validated_bundle)
+    assert set(manifest["files"]) == {
+        "encoder.onnx",
+        "decoder_step.onnx",
+        "vocab.json",
+        "tokenizer.json",
+    }
+    assert manifest["graphs"]["encoder"]["outputs"] == ENCODER.output_names
+    assert manifest["graphs"]["decoder_step"]["inputs"] == DECODER_STEP.input_names
+    assert manifest["variant"] == "fp32"
+    validation = manifest["validation"]
+    assert validation["caption_agreement"] == 1.0
+    assert validation["batches"] == [1, 3, 7]
+    for name in ("log_probs", "h_out", "c_out", "alpha", "h0", "c0"):
+        assert validation["max_abs_diff"][name] <= FP32_ATOL
+    vocab = json.loads((validated_bundle / "vocab.json").read_text())
+    assert vocab[:4] == ["<pad>", "<start>", "<end>", "<unk>"]
+
+
+def test_tampering_one_byte_of_a_graph_is_detected(validated_bundle, tmp_path):
+    from capbatch.errors import BundleError
+    from capbatch.manifest import verify_bundle
+
+    copy = tmp_path / "copy"
+    shutil.copytree(validated_bundle, copy)
+    graph = copy / "decoder_step.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    graph.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="decoder_step.onnx: sha256 mismatch"):
+        verify_bundle(copy)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_ort_greedy_reproduces_torch_tokens(validated_bundle, batch):
+    import torch
+
+    from capbatch.export.validate import ort_greedy, ort_session
+    from capbatch.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from capbatch.training.decoding import greedy_decode
+    from tests.bundles import TINY_CAPTIONS, tiny_images, tiny_vocab
+
+    model = model_from_checkpoint(load_checkpoint(validated_bundle.parent / "tiny.pt"))
+    images = tiny_images()[:batch]
+    with torch.inference_mode():
+        reference = greedy_decode(model, model.encoder(torch.from_numpy(images)))
+    got = ort_greedy(
+        ort_session(validated_bundle / "encoder.onnx"),
+        ort_session(validated_bundle / "decoder_step.onnx"),
+        images,
+        start_id=1,
+        end_id=2,
+        max_len=model.config.max_len,
+    )
+    assert [r.tokens for r in got] == [h.tokens for h in reference]
+    assert [r.steps for r in got] == [h.steps for h in reference]
+    vocab = tiny_vocab()
+    # The tiny model learned its captions: the comparison is between clear argmaxes.
+    assert [" ".join(vocab[t] for t in r.tokens) for r in got] == list(TINY_CAPTIONS[:batch])
+    assert np.isfinite([g for r in got for g in r.gaps]).all()
