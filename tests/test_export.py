@@ -24,6 +24,7 @@ def validated_bundle(request):
 
 def test_bundle_has_the_documented_files_and_validation(validated_bundle):
     from capbatch.export.specs import DECODER_STEP, ENCODER, FP32_ATOL
+
     from capbatch.manifest import verify_bundle
 
     manifest = verify_bundle(validated_bundle)
@@ -62,10 +63,10 @@ def test_tampering_one_byte_of_a_graph_is_detected(validated_bundle, tmp_path):
 @pytest.mark.parametrize("batch", [1, 5])
 def test_ort_greedy_reproduces_torch_tokens(validated_bundle, batch):
     import torch
-
     from capbatch.export.validate import ort_greedy, ort_session
     from capbatch.training.checkpoint import load_checkpoint, model_from_checkpoint
     from capbatch.training.decoding import greedy_decode
+
     from tests.bundles import TINY_CAPTIONS, tiny_images, tiny_vocab
 
     model = model_from_checkpoint(load_checkpoint(validated_bundle.parent / "tiny.pt"))
