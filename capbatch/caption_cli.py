@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from enum import Enum
 from pathlib import Path
@@ -233,9 +232,7 @@ def caption(
     if not quiet:
         _echo(_summary_line(summary))
     if summary.exit_code != ExitCode.OK:
-        # SystemExit, not typer.Exit: in non-standalone mode click turns Exit
-        # into a return value that capbatch.cli.main does not pass on.
-        sys.exit(int(summary.exit_code))
+        raise typer.Exit(int(summary.exit_code))
 
 
 @app.command("info")

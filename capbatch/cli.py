@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="capbatch", standalone_mode=False)
+        # Non-standalone click returns a command's typer.Exit code instead of raising it.
+        result = app(args=args, prog_name="capbatch", standalone_mode=False)
     except CapbatchError as exc:
         if debug:
             raise
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             err=True,
         )
         return int(ExitCode.FATAL)
-    return int(ExitCode.OK)
+    return result if isinstance(result, int) else int(ExitCode.OK)
 
 
 def run() -> None:
