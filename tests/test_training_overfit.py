@@ -9,17 +9,44 @@ import json
 import pytest
 
 from tests.conftest import needs_torch
-from tests.test_training_fixtures import shape_scenes, write_csv_dataset
 
 pytestmark = needs_torch
 
 
 def _scene_dataset(root):
-    """(dataset dir, {image: caption}): one caption per image so 'exactly' is well defined."""
-    scenes = shape_scenes()
-    names = [s[0] for s in scenes]
-    write_csv_dataset(root, scenes, {"train": names, "val": names[:6]})
-    return root, {name: caption for name, caption, _ in scenes}
+    """A few dozen generated scenes, one caption per image so 'exactly' is well defined.
+
+    Splits: train = every training scene; val = some of them; test = the training
+    scenes again (so eval can show semantic accuracy 1.0); test_novel = held-out scenes.
+    """
+    import csv
+    import shutil
+
+    from capbatch.training.scenes import generate_dataset, load_splits
+
+    generated = generate_dataset(root / "generated", 32, seed=0)
+    splits = load_splits(generated)
+    first: dict[str, str] = {}
+    with open(generated / "captions.csv", newline="", encoding="utf-8") as f:
+        for row in list(csv.reader(f))[1:]:
+            first.setdefault(row[0], row[1])
+    data = root / "data"
+    shutil.copytree(generated / "images", data / "images")
+    shutil.copy(generated / "scenes.jsonl", data / "scenes.jsonl")
+    train = splits["train"]
+    scenes = [(name, first[name]) for name in first]
+    with open(data / "captions.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "caption"])
+        writer.writerows(scenes)
+    split_lists = {
+        "train": train,
+        "val": train[:6],
+        "test": train,
+        "test_novel": splits["test_novel"],
+    }
+    (data / "splits.json").write_text(json.dumps(split_lists))
+    return data, {name: first[name] for name in train}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +58,7 @@ def trained(tmp_path_factory):
     options = TrainOptions(
         data=root,
         out=out,
-        epochs=30,
+        epochs=40,
         batch_size=8,
         lr=5e-3,
         lr_schedule="constant",
@@ -43,7 +70,7 @@ def trained(tmp_path_factory):
         patience=0,
         progress=False,
         seed=0,
-        max_len=12,
+        max_len=16,
         threads=1,
     )
     summary = fit(options)
@@ -65,9 +92,30 @@ def test_run_writes_checkpoints_and_metrics(trained):
     _, out, _, summary = trained
     assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == list(range(1, 31))
+    assert [r["epoch"] for r in lines] == list(range(1, 41))
     assert lines[-1]["train_loss"] < lines[0]["train_loss"] / 5
     assert summary["best_bleu4"] == pytest.approx(1.0)
+
+
+def test_eval_reports_semantic_accuracy_for_test_and_test_novel(trained, tmp_path):
+    from capbatch.training.evaluate import EvalOptions, evaluate
+
+    root, out, captions, _ = trained
+    report = evaluate(
+        EvalOptions(
+            checkpoint=out / "last.pt",
+            data=root,
+            split="test",
+            out=tmp_path / "r.json",
+            meteor=False,
+        )
+    )
+    test, novel = report["splits"]["test"], report["splits"]["test_novel"]
+    assert test["images"] == len(captions)
+    assert test["semantic_accuracy"] == 1.0  # the training scenes, captioned exactly
+    assert test["bleu4"] == pytest.approx(1.0, abs=1e-6)
+    assert 0.0 <= novel["semantic_accuracy"] <= 1.0 and novel["images"] >= 1
+    assert json.loads((tmp_path / "r.json").read_text())["splits"].keys() == {"test", "test_novel"}
 
 
 def test_greedy_reproduces_every_training_caption(trained):
@@ -151,7 +199,7 @@ def test_resume_continues_from_last(trained, tmp_path):
     options = TrainOptions(
         data=root,
         out=copy,
-        epochs=31,
+        epochs=41,
         batch_size=8,
         lr=5e-3,
         lr_schedule="constant",
@@ -163,12 +211,12 @@ def test_resume_continues_from_last(trained, tmp_path):
         patience=0,
         progress=False,
         seed=0,
-        max_len=12,
+        max_len=16,
         threads=1,
         resume=True,
     )
     summary = fit(options)
     assert summary["epochs_run"] == 1
-    assert load_checkpoint(copy / "last.pt")["epoch"] == 31
+    assert load_checkpoint(copy / "last.pt")["epoch"] == 41
     lines = (copy / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(lines[-1])["epoch"] == 31 and len(lines) == 31
+    assert json.loads(lines[-1])["epoch"] == 41 and len(lines) == 41
