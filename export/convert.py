@@ -39,7 +39,7 @@ from .specs import (
     decoder_step_spec,
 )
 from .validate import (
-    GreedyResult,
+    Hypothesis,
     VariantAgreementError,
     caption_agreement,
     ort_greedy,
@@ -285,7 +285,7 @@ def quantize_int8(source: Path, target: Path) -> None:
     )
 
 
-def _greedy(bundle: Path, images: np.ndarray, config) -> list[GreedyResult]:
+def _greedy(bundle: Path, images: np.ndarray, config) -> list[Hypothesis]:
     return ort_greedy(
         ort_session(bundle / ENCODER.file),
         ort_session(bundle / decoder_step_spec().file),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from tests.conftest import needs_torch
@@ -81,9 +80,8 @@ def test_ort_greedy_reproduces_torch_tokens(validated_bundle, batch):
         end_id=2,
         max_len=model.config.max_len,
     )
-    assert [r.tokens for r in got] == [h.tokens for h in reference]
+    assert [list(r.tokens) for r in got] == [h.tokens for h in reference]
     assert [r.steps for r in got] == [h.steps for h in reference]
     vocab = tiny_vocab()
     # The tiny model learned its captions: the comparison is between clear argmaxes.
     assert [" ".join(vocab[t] for t in r.tokens) for r in got] == list(TINY_CAPTIONS[:batch])
-    assert np.isfinite([g for r in got for g in r.gaps]).all()
