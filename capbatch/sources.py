@@ -347,6 +347,14 @@ class _Reader:
                 try:
                     member = next(members)
                 except StopIteration:
+                    if _ended_without_marker(archive):
+                        # tarfile takes a cut inside (or right before) a header for the
+                        # end: without this row the members after the cut vanish silently.
+                        yield from self._error(
+                            key,
+                            "corrupt tar archive: truncated (no end-of-archive marker)",
+                            path,
+                        )
                     return
                 except Exception as exc:
                     yield from self._error(key, f"corrupt tar archive: {_short(exc)}", path)
@@ -417,6 +425,20 @@ class _Reader:
                     )
                     continue
                 yield from self._item(member_key, None, data, None)
+
+
+def _ended_without_marker(archive: tarfile.TarFile) -> bool:
+    """Whether a finished tar stream lacked the zero block that ends every tar.
+
+    tarfile reads a whole 512-byte block for each header; at a proper end that
+    block is zeros and the stream stands a full block past the last member.
+    Short of that, the file was cut at or inside a header.
+    """
+    try:
+        position = archive.fileobj.tell()  # decompressed position in stream mode
+        return position - archive.offset < tarfile.BLOCKSIZE
+    except (AttributeError, OSError, ValueError):
+        return False  # cannot tell: do not invent an error
 
 
 def _short(exc: BaseException) -> str:
