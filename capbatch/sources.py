@@ -325,10 +325,14 @@ class _Reader:
         return self._has_image_extension(name) and self._matches_glob(name)
 
     def _archive(self, path: str, key: str) -> Iterator[SourceItem]:
-        if archive_kind(path) == "zip":
-            yield from self._zip(path, key)
-        else:
-            yield from self._tar(path, key)
+        read = self._zip if archive_kind(path) == "zip" else self._tar
+        try:
+            yield from read(path, key)
+        except Exception as exc:
+            # Hostile headers reach parser code paths nobody foresaw (fuzzing found
+            # an empty zip member name crashing zipfile's is_dir); whatever breaks
+            # ends this archive with an error row, never the run.
+            yield from self._error(key, f"corrupt archive: {_short(exc)}", path)
 
     def _tar(self, path: str, key: str) -> Iterator[SourceItem]:
         # Stream mode ("r|*"): one pass, members in archive order, nothing seekable
@@ -395,7 +399,8 @@ class _Reader:
             return
         with archive:
             for info in archive.infolist():  # central-directory order
-                if info.is_dir() or not self._wanted_member(info.filename):
+                # Not info.is_dir(): it raises IndexError on an empty member name.
+                if info.filename.endswith("/") or not self._wanted_member(info.filename):
                     continue
                 member_key = f"{key}{KEY_SEPARATOR}{escape_undecodable(info.filename)}"
                 if member_key in self.seen:
