@@ -1,0 +1,162 @@
+"""Model-only CPU throughput: capbatch runtime vs PyTorch eager, equal work.
+
+    python benchmarks/model_cpu.py --out-json docs/bench/model_cpu.json
+
+Three ways to caption the same random images with the same weights, each doing
+exactly --steps decoder steps per image (<end> is ignored, so no side stops early):
+
+* reference: PyTorch eager, one image at a time, the attention projection U(features)
+  recomputed at every step, as the original inference did;
+* torch_batched: PyTorch eager batched (inference_mode), projection computed once;
+* capbatch: the runtime (encoder.onnx once per batch + the numpy greedy loop over
+  decoder_step.onnx), through Captioner.decode_pixels.
+
+Both sides use one intra-op thread per usable core. Also records capbatch's time
+split (encoder vs decoder steps) per batch size, for docs/bench_split.png.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Same footing as capbatch's CPU sessions (no idle-thread spinning): with OpenMP's
+# default active wait, 2-thread torch ran 12x slower on this shared 2-core machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as common  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="lite0,lite0-taps,resnet50")
+    parser.add_argument("--batch-sizes", default="1,8,32,64")
+    parser.add_argument("--steps", type=int, default=20, help="decoder steps per image")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per point (median)")
+    parser.add_argument("--reference-images", type=int, default=8)
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.configs, args.batch_sizes, args.repeats, args.reference_images = "tiny", "1,4", 1, 2
+        args.steps = min(args.steps, 4)
+    return args
+
+
+def torch_reference(model, images, steps: int) -> None:
+    """The original inference: one image, U(features) recomputed every step."""
+    import torch
+
+    decoder = model.decoder
+    with torch.no_grad():
+        for i in range(images.shape[0]):
+            features = model.encoder(images[i : i + 1])  # (1, L, D)
+            mean = features.mean(dim=1)  # (1, D)
+            h, c = decoder.init_h(mean), decoder.init_c(mean)  # (1, H)
+            token = torch.tensor([model.config.start_id])
+            for _ in range(steps):
+                projected = decoder.attention.project(features)  # (1, L, A) every step
+                logits, h, c, _ = decoder.step(token, h, c, features, projected)
+                log_probs = torch.log_softmax(logits, dim=-1)  # (1, V)
+                token = torch.tensor([int(log_probs.argmax(dim=-1))])
+
+
+def torch_batched(model, images, steps: int) -> None:
+    import torch
+
+    decoder = model.decoder
+    with torch.inference_mode():
+        features = model.encoder(images)  # (B, L, D)
+        projected, h, c = decoder.init_state(features)  # once per image
+        tokens = torch.full((images.shape[0],), model.config.start_id, dtype=torch.long)
+        for _ in range(steps):
+            logits, h, c, _ = decoder.step(tokens, h, c, features, projected)
+            tokens = torch.log_softmax(logits, dim=-1).argmax(dim=-1)  # (B,)
+
+
+def capbatch_run(captioner, pixels) -> tuple[float, float]:
+    """decode_pixels, split: (encoder seconds, decoder-step seconds)."""
+    from capbatch.decoding import decode
+
+    bundle = captioner.bundle
+    start = time.perf_counter()
+    encoded = bundle.encode(pixels)
+    middle = time.perf_counter()
+    decode(bundle.step_model(encoded), captioner.options)
+    return middle - start, time.perf_counter() - middle
+
+
+def bench_config(config: common.BenchConfig, args) -> dict:
+    import torch
+
+    from capbatch.captioner import Captioner
+    from capbatch.providers import cpu_thread_count
+
+    threads = cpu_thread_count()
+    torch.set_num_threads(threads)
+    bundle = common.build_bundle(config, args.cache_dir, max_len=args.steps)
+    model = common.load_torch_model(bundle)
+    captioner = Captioner(bundle, device="cpu", max_len=args.steps)
+    captioner.bundle.end_id = -1  # equal work: every image runs all --steps steps
+    size = captioner.preprocess.size
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (max(batch_sizes), size, size, 3), dtype=np.uint8)
+    images = torch.from_numpy(pixels)
+
+    n_ref = args.reference_images
+    ref_s = common.median_time(
+        lambda: torch_reference(model, images[:n_ref], args.steps), args.repeats
+    )
+    reference_rate = n_ref / ref_s
+    rows = []
+    for batch in batch_sizes:
+        px, timgs = pixels[:batch], images[:batch]
+        torch_s = common.median_time(
+            lambda t=timgs: torch_batched(model, t, args.steps), args.repeats
+        )
+        capbatch_run(captioner, px)  # warmup
+        splits = [capbatch_run(captioner, px) for _ in range(args.repeats)]
+        totals = sorted(splits, key=sum)
+        encoder_s, steps_s = totals[len(totals) // 2]
+        cap_s = encoder_s + steps_s
+        rows.append(
+            {
+                "config": config.name,
+                "batch": batch,
+                "reference_img_s": reference_rate,
+                "torch_batched_img_s": batch / torch_s,
+                "capbatch_img_s": batch / cap_s,
+                "vs_reference": (batch / cap_s) / reference_rate,
+                "vs_torch_batched": torch_s / cap_s,
+                "capbatch_ms_per_batch": cap_s * 1e3,
+                "torch_ms_per_batch": torch_s * 1e3,
+                "encoder_ms_per_img": encoder_s * 1e3 / batch,
+                "steps_ms_per_img": steps_s * 1e3 / batch,
+            }
+        )
+        common.print_table(f"{config.name}: batch {batch}", rows[-1:], list(rows[-1].keys())[1:])
+    return {"config": config.name, "threads": threads, "steps": args.steps, "rows": rows}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    idle = common.wait_until_idle(args.no_wait or args.tiny)
+    results = {"command": common.command_line(), "machine": common.machine_info(), "idle": idle}
+    results["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
+    results["configs"] = [bench_config(common.CONFIGS[n], args) for n in args.configs.split(",")]
+    results["load_average_after"] = common.machine_info()["load_average"]
+    rows = [row for config in results["configs"] for row in config["rows"]]
+    columns = ["config", "batch", "reference_img_s", "torch_batched_img_s", "capbatch_img_s",
+               "vs_reference", "vs_torch_batched", "capbatch_ms_per_batch", "torch_ms_per_batch",
+               "encoder_ms_per_img", "steps_ms_per_img"]  # fmt: skip
+    common.print_table(f"model only, {args.steps} steps per image (images/s)", rows, columns)
+    common.write_json(args.out_json, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

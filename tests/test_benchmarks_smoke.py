@@ -1,0 +1,108 @@
+"""Smoke test: every benchmark script runs at --tiny size and writes its JSON.
+
+Benchmarks are not part of the test assertions otherwise (no timings are
+checked); this only keeps the scripts from rotting. The scripts run in this
+process (one torch import) and share one cache, so the tiny bundle is exported
+once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import needs_torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_script(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+def run_tiny(name: str, out: Path, cache: Path, *extra: str) -> dict:
+    load_script(name).main(["--tiny", "--out-json", str(out), "--cache-dir", str(cache), *extra])
+    return json.loads(out.read_text())
+
+
+@needs_torch
+def test_variants_tiny(tmp_path, bench_cache):
+    result = run_tiny("variants", tmp_path / "variants.json", bench_cache)
+    names = [row["variant"] for row in result["rows"]]
+    assert names == ["fp32 greedy", "int8 greedy", "fp32 beam 3"]
+    assert all(row["img_s"] > 0 for row in result["rows"])
+    assert 0.0 <= result["int8_caption_agreement"] <= 1.0
+
+
+@needs_torch
+def test_model_cpu_tiny(tmp_path, bench_cache):
+    result = run_tiny("model_cpu", tmp_path / "model.json", bench_cache)
+    rows = result["configs"][0]["rows"]
+    assert [row["batch"] for row in rows] == [1, 4]
+    for row in rows:
+        assert row["capbatch_img_s"] > 0 and row["torch_batched_img_s"] > 0
+        assert row["vs_reference"] == pytest.approx(row["capbatch_img_s"] / row["reference_img_s"])
+    assert "load_average" in result["machine"]
+
+
+@needs_torch
+def test_end_to_end_tiny(tmp_path, bench_cache):
+    result = run_tiny("end_to_end", tmp_path / "e2e.json", bench_cache)
+    row = result["result"]
+    assert result["run"]["ok"] == row["images"] == 24
+    limit = 1 / (1 / row["decode_img_s"] + 1 / row["model_img_s"])
+    assert row["limit_img_s"] == pytest.approx(limit)
+
+
+@needs_torch
+def test_memory_tiny(tmp_path, bench_cache):
+    result = run_tiny("memory", tmp_path / "memory.json", bench_cache)
+    assert [(r["images"], r["rows"]) for r in result["rows"]] == [(12, 12), (36, 36), (12, 12)]
+    assert all(r["peak_rss_mib"] > 10 for r in result["rows"])
+
+
+def test_plots_tiny(tmp_path):
+    pytest.importorskip("matplotlib")
+    model = {
+        "machine": {"usable_cores": 2},
+        "configs": [{"config": "tiny", "steps": 4, "rows": [
+            {"batch": b, "capbatch_img_s": 10.0 * b, "torch_batched_img_s": 5.0 * b,
+             "reference_img_s": 3.0, "encoder_ms_per_img": 2.0, "steps_ms_per_img": 1.0}
+            for b in (1, 4)]}],
+    }  # fmt: skip
+    (tmp_path / "model.json").write_text(json.dumps(model))
+    out = tmp_path / "plots"
+    load_script("plots").main(
+        [
+            "--model-json",
+            str(tmp_path / "model.json"),
+            "--out-dir",
+            str(out),
+            "--out-json",
+            str(tmp_path / "plots.json"),
+        ]  # fmt: skip
+    )
+    for name in ("bench_throughput.png", "bench_split.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_torch
+def test_gpu_check_tiny_on_cpu(tmp_path):
+    report = load_script("gpu_check").main(["--tiny", "--out-json", str(tmp_path / "gpu.json")])
+    assert report["device"] == "cpu"
+    assert "CPUExecutionProvider" in report["onnxruntime"]["providers"]
+    assert report["resnet50_infer_b2_fp32_img_s"] > 0
+    assert report["resnet50_train_step_amp_b2_ms"] > 0
