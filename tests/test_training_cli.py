@@ -119,3 +119,39 @@ def test_same_seed_same_weights(dataset, tmp_path):
     decoder_keys = [k for k in a if k.startswith("decoder.")]
     assert all(torch.equal(a[k], b[k]) for k in decoder_keys)
     assert not all(torch.equal(a[k], c[k]) for k in decoder_keys)
+
+
+def test_fine_tuning_trains_only_the_unfrozen_stage_from_images(dataset, tmp_path):
+    import torch
+    from capbatch.training.checkpoint import load_checkpoint
+    from capbatch.training.config import ModelConfig
+    from capbatch.training.model import build_model
+    from capbatch.training.train import TrainOptions, fit
+
+    options = TrainOptions(
+        data=dataset,
+        out=tmp_path / "ft",
+        epochs=1,
+        batch_size=8,
+        embed_dim=16,
+        attention_dim=16,
+        decoder_dim=32,
+        threads=1,
+        progress=False,
+        fine_tune_stages=1,
+        feature_taps=(1, 2),
+        position_features=True,
+        val_images=2,
+    )
+    fit(options)
+    saved = load_checkpoint(tmp_path / "ft" / "last.pt")
+    assert saved["config"]["feature_taps"] == [1, 2] and saved["config"]["position_features"]
+    assert not (tmp_path / "ft" / "features").exists()  # a fine-tuned encoder bypasses the cache
+    reference = build_model(ModelConfig.from_dict(saved["config"]))
+    last = len(reference.encoder.stages) - 1
+    changed = {
+        k.split(".")[2]
+        for k, v in reference.state_dict().items()
+        if k.startswith("encoder.stages.") and not torch.equal(v, saved["model"][k])
+    }
+    assert changed == {str(last)}

@@ -7,6 +7,7 @@ does the work, and library errors become one line on stderr and an exit code.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -143,7 +144,8 @@ def fit(
         progress=progress,
     )
     summary = run_fit(options)
-    typer.echo(json.dumps(summary))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, from rank 0
+        typer.echo(json.dumps(summary))
 
 
 @app.command("eval")

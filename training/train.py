@@ -33,7 +33,7 @@ from torch import nn
 
 from capbatch.errors import UsageError
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import config_from_checkpoint, load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .data import CaptionDataset, CaptionedImage, read_dataset
 from .evaluate import bleu_scores, caption_features
@@ -313,7 +313,8 @@ def _fit(options: TrainOptions) -> dict:
         if resume
         else make_tokenizer(options, train_images)
     )
-    config = make_config(options, tokenizer)
+    # A resumed run keeps the architecture it was started with.
+    config = config_from_checkpoint(resume) if resume else make_config(options, tokenizer)
     model = build_model(config, options.encoder_weights, pretrained=options.pretrained)
     if resume:
         model.load_state_dict(resume["model"], strict=True)
@@ -426,10 +427,13 @@ def _fit(options: TrainOptions) -> dict:
             validate(model, tokenizer, val_source, val_images, device) if dist_info.main else 0.0
         )
         bleu4 = _broadcast(bleu4, dist_info, device)
-        if scheduler is not None and options.lr_schedule == "plateau":
-            scheduler.step(bleu4)
-        improved = bleu4 > best
-        best, stale = (bleu4, 0) if improved else (best, stale + 1)
+        if val_images:
+            if scheduler is not None and options.lr_schedule == "plateau":
+                scheduler.step(bleu4)
+            improved = bleu4 > best
+            best, stale = (bleu4, 0) if improved else (best, stale + 1)
+        else:
+            improved, stale = True, 0  # nothing to validate on: best.pt follows last.pt
         record = {
             "epoch": epoch,
             "train_loss": loss_sum / max(1, loss_count),
