@@ -57,6 +57,11 @@ class OutputLock:
             return self
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            # mkdir's own words ("File exists") hide that a parent is a plain file.
+            raise OutputError(
+                f"cannot create the output folder {self.path.parent}: a parent is a file"
+            ) from None
         except OSError as exc:
             raise OutputError(f"cannot create the lock {self.path}: {exc.strerror}") from None
         while True:

@@ -614,13 +614,22 @@ def open_writer(out: Path, fmt: str, *, append: bool, overwrite_sidecars: bool =
     """A writer for `out`. append=True keeps complete rows already there (torn tail cut);
     append=False starts the output over. Hold an OutputLock on `out` around it."""
     writer_class = WRITERS[format_for(out, fmt)]
+    _check_not_a_directory(Path(out))
     return writer_class(Path(out), append=append, overwrite_sidecars=overwrite_sidecars)
 
 
 def read_done(out: Path, fmt: str) -> dict[str, str]:
     """key -> status ("ok" | "error") of the rows already in `out`, the newest row per key.
     A torn last record is ignored; a missing output gives {}."""
-    return WRITERS[format_for(out, fmt)].read_done(Path(out))
+    writer_class = WRITERS[format_for(out, fmt)]
+    _check_not_a_directory(Path(out))
+    return writer_class.read_done(Path(out))
+
+
+def _check_not_a_directory(out: Path) -> None:
+    # Otherwise open() fails with IsADirectoryError deep in a reader: an internal error.
+    if out.is_dir():
+        raise OutputError(f"{out} is a directory; --out must name a file")
 
 
 def drop_keys(out: Path, fmt: str, keys: Collection[str]) -> int:
