@@ -144,7 +144,10 @@ def pick_device(requested: str, dist_info: Distributed) -> torch.device:
         requested = f"cuda:{dist_info.local_rank}"
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {requested}: CUDA is not available here")
-    return torch.device(requested)
+    device = torch.device(requested)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and default allocations follow this rank's GPU
+    return device
 
 
 def set_threads(requested: int, dist_info: Distributed) -> int:
@@ -373,6 +376,8 @@ def _fit(options: TrainOptions) -> dict:
         "stopped_early": False,
         "threads": threads,
         "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
         "train_images": len(train_images),
         "train_captions": len(table.captions),
         "vocab_size": config.vocab_size,
