@@ -221,6 +221,7 @@ def make_corpus(directory: str | Path) -> list[CorpusEntry]:
     with open(os.path.join(os.fsencode(root), b"caf\xe9.png"), "wb") as handle:
         handle.write(png)  # Latin-1 bytes: not valid UTF-8
     add("caf\\xe9.png", "non-UTF-8 file name", OK)
+    add('odd\nname, "quoted".png', "file name with a newline, a comma and quotes", OK, png)
 
     # -- archives -------------------------------------------------------------------------
     (root / "bad.zip").write_bytes(_zip_with_corrupt_member())
