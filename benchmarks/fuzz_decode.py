@@ -12,7 +12,9 @@ then decoded. The contract checked:
 - decode only ever raises InputDecodeError, with a one-line reason;
 - the archive readers never raise, yield one item per key, and write nothing;
 - no input takes longer than --per-input-s (a watchdog thread, faulthandler,
-  dumps the stack and exits with code 70 if one hangs, even inside C code);
+  prints "Timeout" and every thread's stack and exits the process with code 1
+  if one hangs, even inside C code; with --save the input is kept as
+  current-input);
 - peak RSS of the process stays under --max-rss-mb.
 
 Prints a JSON summary (counts, outcomes, slowest input, peak RSS) and exits 0
@@ -47,7 +49,6 @@ from capbatch.preprocess import PreprocessSpec
 from capbatch.sources import iter_sources
 
 SPEC = PreprocessSpec(size=32)
-HANG_EXIT_CODE = 70
 INTERESTING = (0x00, 0x01, 0x7F, 0x80, 0xFF)
 INTERESTING_WORDS = (
     b"\xff\xff\xff\xff",

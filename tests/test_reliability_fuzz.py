@@ -161,3 +161,24 @@ def test_any_reader_failure_ends_the_archive_with_an_error_row(tmp_path, monkeyp
         (f"{tmp_path / 'a.tar'}::a/1.jpg", None),
         (str(tmp_path / "a.tar"), "corrupt archive: an unforeseen parser bug"),
     ]
+
+
+def test_the_watchdog_ends_a_hanging_input(tmp_path):
+    import subprocess
+    import sys
+
+    script = f"""
+import importlib.util, time
+spec = importlib.util.spec_from_file_location("f", {str(REPO / "benchmarks" / "fuzz_decode.py")!r})
+fuzz = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fuzz)
+fuzz.decode_image = lambda data, spec: time.sleep(30)
+fuzz.run_fuzz(3, per_input_s=0.5, archive_share=0.0, save=fuzz.Path({str(tmp_path)!r}))
+print("NOT REACHED")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert done.returncode != 0 and "NOT REACHED" not in done.stdout
+    assert "Timeout" in done.stderr and "check_decode" in done.stderr
+    assert (tmp_path / "current-input").stat().st_size > 0  # the culprit is kept
