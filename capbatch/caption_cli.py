@@ -32,6 +32,11 @@ Exit codes: 0 every image captioned, 1 some images failed (error rows written),
 """
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class OutputFormat(str, Enum):
     csv = "csv"
     jsonl = "jsonl"
@@ -186,6 +191,18 @@ def caption(
         typer.Option("--attention-dir", help="Write per-image attention heatmap PNGs here."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    engine: Annotated[
+        Engine,
+        typer.Option("--engine", help="local: this process; ray: Ray Data (docs/scale-out.md)."),
+    ] = Engine.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="--engine ray: cluster to join (default: local Ray)."),
+    ] = None,
+    actors: Annotated[
+        int | None,
+        typer.Option("--actors", min=1, help="--engine ray: captioning actors (default 1)."),
+    ] = None,
 ) -> None:
     """Caption images from files, folders and archives into CSV, JSONL, Parquet or sidecars."""
     from .captioner import Captioner
@@ -208,6 +225,13 @@ def caption(
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if engine is Engine.ray:
+        _caption_on_ray(
+            options, model, device, batch_size, beam_size, max_len, ray_address, actors, quiet
+        )
+        return
+    if ray_address is not None or actors is not None:
+        raise UsageError("--ray-address and --actors need --engine ray")
     captioner = Captioner(
         model,
         device=device.value,
@@ -230,6 +254,49 @@ def caption(
             captioner, options, stop=stop, on_progress=progress.update, on_start=progress.start
         )
     if not quiet:
+        _echo(_summary_line(summary))
+    if summary.exit_code != ExitCode.OK:
+        raise typer.Exit(int(summary.exit_code))
+
+
+def _caption_on_ray(
+    options, model, device, batch_size, beam_size, max_len, ray_address, actors, quiet
+) -> None:
+    from .pipeline import stop_on_signals
+    from .ray_engine import ModelOptions, RayOptions, import_ray, run_on_ray
+
+    import_ray()  # without Ray: the one-line install hint, nothing else
+    try:
+        model_options = ModelOptions(
+            model=None if model is None else str(model.resolve()),
+            device=device.value,
+            beam_size=beam_size,
+            max_len=max_len,
+            batch_size=batch_size,
+        )
+        ray_options = RayOptions(address=ray_address, actors=actors or 1)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not quiet:
+        where = ray_address or "a local Ray instance"
+        _echo(f"engine ray on {where}, {ray_options.actors} captioning actor(s)")
+    stop = threading.Event()
+    with stop_on_signals(stop), _Progress(quiet) as progress:
+        summary = run_on_ray(
+            options,
+            model_options,
+            ray_options,
+            stop=stop,
+            on_progress=progress.update,
+            on_start=progress.start,
+        )
+    if not quiet:
+        if summary.failed_shards:
+            shown = ", ".join(str(i) for i in summary.failed_shards[:10])
+            _echo(
+                f"capbatch: {len(summary.failed_shards)} shard(s) failed after retries "
+                f"({shown}); rerun with --resume to retry them"
+            )
         _echo(_summary_line(summary))
     if summary.exit_code != ExitCode.OK:
         raise typer.Exit(int(summary.exit_code))

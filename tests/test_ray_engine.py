@@ -1,0 +1,241 @@
+"""`--engine ray`: the same rows as the local engine, per-shard resume, the install hint.
+
+The Ray tests share one local Ray instance (module fixture, ~10-20 s to start on
+the 2-core build machine) and skip cleanly where `ray` is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from capbatch.captioner import Captioner
+from capbatch.cli import main
+from capbatch.errors import ExitCode, UsageError
+from capbatch.pipeline import RunOptions, run_captioning
+from capbatch.ray_engine import (
+    DONE_FILE,
+    ModelOptions,
+    OutputLayout,
+    RayOptions,
+    RaySummary,
+    _ShardFiles,
+    plan_shards,
+    run_on_ray,
+)
+from tests.runtime_fakes import make_fake_bundle
+
+REPO = Path(__file__).resolve().parent.parent
+HAS_RAY = importlib.util.find_spec("ray") is not None
+needs_ray = pytest.mark.skipif(not HAS_RAY, reason="needs the ray extra (pip install 'ray[data]')")
+# Ray Data's own context copies warn about its renamed settings; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_fake_bundle(tmp_path_factory.mktemp("fake") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray instance for the module; run_on_ray joins it instead of starting one."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=3, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def png_bytes(seed: int, size=(40, 30)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """A folder (with a broken image), a webdataset tar shard and a list file, as
+    relative paths from tmp_path (the working directory): keys stay short."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for i in range(5):
+        (photos / f"{i}.png").write_bytes(png_bytes(i))
+    (photos / "sub" / "tall.png").write_bytes(png_bytes(9, (50, 70)))
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with tarfile.open(tmp_path / "shard-000.tar", "w") as archive:
+        for i in range(4):
+            data = png_bytes(100 + i)
+            info = tarfile.TarInfo(f"{i:06d}.png")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    (tmp_path / "list.txt").write_text("photos/0.png\nmissing.png\nphotos/sub\n")
+    return tmp_path
+
+
+def local_rows(bundle, out: Path, **options) -> list[dict]:
+    captioner = Captioner(bundle, device="cpu", batch_size=4)
+    run_captioning(captioner, RunOptions(out=out, workers=1, **options))
+    return read_rows(out)
+
+
+def read_rows(out: Path) -> list[dict]:
+    if out.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(out).to_pylist()
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+# -- without Ray running --------------------------------------------------------------
+
+
+def test_plan_shards_archives_alone_runs_of_shard_size(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("a.jpg", "b.jpg", "c.jpg", "s-0.tar", "s-1.tar"):
+        Path(name).write_bytes(b"x")
+    Path("more.txt").write_text("c.jpg\nd.jpg\n")
+    options = RunOptions(inputs=("a.jpg", "b.jpg", "s-{0..1}.tar", "c.jpg"), from_list="more.txt")
+    shards = plan_shards(options, shard_size=2)
+    assert [s.inputs for s in shards] == [
+        ("a.jpg", "b.jpg"),
+        ("s-0.tar",),
+        ("s-1.tar",),
+        ("c.jpg", "c.jpg"),
+        ("d.jpg",),
+    ]
+    assert [s.index for s in shards] == [0, 1, 2, 3, 4]
+
+
+def test_output_layout(tmp_path):
+    merged = OutputLayout.for_output(tmp_path / "out.csv", None)
+    assert (merged.merged, merged.fmt, merged.shard_fmt) == (tmp_path / "out.csv", "csv", "jsonl")
+    assert merged.shard_file(3) == tmp_path / "out.csv.shards" / "shard-00003.jsonl"
+    folder = OutputLayout.for_output(tmp_path / "shards", None)
+    assert (folder.merged, folder.shards_dir, folder.shard_fmt) == (
+        None,
+        tmp_path / "shards",
+        "parquet",
+    )
+    with pytest.raises(UsageError, match="sidecars"):
+        OutputLayout.for_output(tmp_path / "j.jsonl", "txt")
+
+
+def test_shard_with_missing_rows_is_failed_not_done(tmp_path):
+    """A shard whose blocks were lost (fewer rows than its end marker counts) is
+    reported as failed, its file removed, and it is not recorded as done."""
+    layout = OutputLayout.for_output(tmp_path / "out.jsonl", None)
+    layout.shards_dir.mkdir()
+    summary = RaySummary(out=tmp_path / "out.jsonl", fmt="jsonl")
+    files = _ShardFiles(layout, summary)
+
+    def row(shard, key, status="ok"):
+        caption = "a cube" if status == "ok" else None
+        error = None if status == "ok" else "bad"
+        return dict(
+            shard=shard, end=False, count=0, key=key, path=key, caption=caption, score=-0.5,
+            status=status, error=error, width=4, height=4, model_id="m",
+        )  # fmt: skip
+
+    end = dict(shard=0, end=True, count=2, key="")
+    files.add([row(0, "a"), row(0, "a"), row(0, "b", "error"), end])  # a repeat is dropped
+    files.add([row(1, "c"), dict(end, shard=1, count=2)])  # one of two rows lost
+    files.close(interrupted=False)
+    assert layout.read_done() == {0: {"shard": 0, "rows": 2, "errors": 1}}
+    assert summary.failed_shards == [1] and not layout.shard_file(1).exists()
+    assert (summary.ok, summary.errors, summary.exit_code) == (1, 1, ExitCode.SOME_FAILED)
+
+
+def test_ray_options_without_engine_ray_are_refused(capsys, bundle, inputs):
+    code = main(["caption", str(inputs / "photos"), "--out", str(inputs / "o.csv"),
+                 "--model", str(bundle), "--actors", "2"])  # fmt: skip
+    assert code == ExitCode.FATAL
+    assert "--engine ray" in capsys.readouterr().err
+
+
+RAY_BLOCKER = "raise ImportError('No module named ray (blocked by the test)')\n"
+
+
+def test_engine_ray_without_ray_says_what_to_install(bundle, inputs):
+    blocker = inputs / "blocker" / "ray"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(RAY_BLOCKER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker.parent), str(REPO)]))
+    done = subprocess.run(
+        [sys.executable, "-m", "capbatch", "caption", "photos", "--out", "o.csv",
+         "--model", str(bundle), "--engine", "ray"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=inputs,
+    )  # fmt: skip
+    assert done.returncode == ExitCode.FATAL
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "pip install 'capbatch[ray]'" in lines[0]
+    assert not (inputs / "o.csv").exists()
+
+
+# -- on a local Ray instance ---------------------------------------------------------------
+
+
+@needs_ray
+def test_cli_rows_equal_local_engine(ray_local, capsys, bundle, inputs, monkeypatch):
+    monkeypatch.chdir(inputs)
+    args = ("photos", "shard-000.tar")
+    expected = local_rows(bundle, inputs / "local.jsonl", inputs=args, from_list="list.txt")
+    code = main(["caption", *args, "--from-list", "list.txt", "--out", "ray.jsonl",
+                 "--model", str(bundle), "--device", "cpu", "--batch-size", "4",
+                 "--engine", "ray", "--actors", "2", "-q"])  # fmt: skip
+    assert code == ExitCode.SOME_FAILED  # broken.jpg and missing.png
+    rows = read_rows(inputs / "ray.jsonl")
+    assert rows == expected  # same fields, captions, scores and order
+    assert {r["key"] for r in rows if r["status"] == "error"} == {
+        "photos/broken.jpg",
+        "missing.png",
+    }
+    assert "shard-000.tar::000003.png" in {r["key"] for r in rows}
+    # photos/ (1 input) + shard-000.tar + the list file's 3 entries (shard_size 256)
+    layout = OutputLayout.for_output(inputs / "ray.jsonl", None)
+    assert sorted(layout.read_done()) == [0, 1, 2]
+    assert (
+        sum(len(list(layout.read_rows(i))) for i in range(3)) == len(rows) + 2
+    )  # 0.png, tall.png twice
+
+
+@needs_ray
+def test_resume_skips_finished_shards(ray_local, bundle, inputs, monkeypatch):
+    monkeypatch.chdir(inputs)
+    args = ("shard-000.tar", "photos")
+    expected = local_rows(bundle, inputs / "local.parquet", inputs=args)
+    options = RunOptions(inputs=args, out=inputs / "ray.parquet")
+    model = ModelOptions(str(bundle), device="cpu", batch_size=4)
+    first = run_on_ray(options, model, RayOptions(shard_size=3))
+    assert (first.shards, first.shards_done) == (2, 2)
+    assert read_rows(inputs / "ray.parquet") == expected
+
+    # As if the run had died after shard 0: shard 1 not recorded, no merged file yet.
+    layout = OutputLayout.for_output(options.out, None)
+    done_path = layout.shards_dir / DONE_FILE
+    done_path.write_text(done_path.read_text().splitlines(keepends=True)[0])
+    (inputs / "ray.parquet").unlink()
+    # Shard 0's archive is gone: reading it again would give an error row, not captions.
+    (inputs / "shard-000.tar").rename(inputs / "moved.tar")
+
+    with pytest.raises(UsageError, match="--resume"):
+        run_on_ray(options, model, RayOptions(shard_size=3))
+    resumed = run_on_ray(
+        RunOptions(inputs=args, out=options.out, resume=True), model, RayOptions(shard_size=3)
+    )
+    assert (resumed.shards_skipped, resumed.shards_done, resumed.skipped) == (1, 1, 4)
+    assert resumed.processed == len(expected) - 4
+    assert read_rows(inputs / "ray.parquet") == expected
