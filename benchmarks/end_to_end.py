@@ -31,7 +31,7 @@ import bench_common as common  # noqa: E402
 
 def parse_args(argv=None):
     parser = common.base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--config", default="lite0-taps")
+    parser.add_argument("--config", default="lite0", choices=sorted(common.CONFIGS))
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--model-images", type=int, default=320, help="subset for model alone")
     parser.add_argument("--batch-size", type=int, default=32)

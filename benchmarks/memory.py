@@ -24,7 +24,7 @@ import bench_common as common  # noqa: E402
 
 def parse_args(argv=None):
     parser = common.base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--config", default="lite0-taps")
+    parser.add_argument("--config", default="lite0", choices=sorted(common.CONFIGS))
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--large", type=int, default=10000)
     parser.add_argument("--batch-sizes", default="32,64", help="first: small vs large runs")

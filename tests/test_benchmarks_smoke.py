@@ -41,8 +41,8 @@ def run_tiny(name: str, out: Path, cache: Path, *extra: str) -> dict:
 @needs_torch
 def test_variants_tiny(tmp_path, bench_cache):
     result = run_tiny("variants", tmp_path / "variants.json", bench_cache)
-    names = [row["variant"] for row in result["rows"]]
-    assert names == ["fp32 greedy", "int8 greedy", "fp32 beam 3"]
+    names = [(row["variant"], row["batch"]) for row in result["rows"]]
+    assert names == [(v, b) for b in (1, 4) for v in ("fp32 greedy", "int8 greedy", "fp32 beam 3")]
     assert all(row["img_s"] > 0 for row in result["rows"])
     assert 0.0 <= result["int8_caption_agreement"] <= 1.0
 
