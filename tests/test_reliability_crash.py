@@ -58,15 +58,27 @@ def run_cli(capsys, *args) -> tuple[int, str]:
     return int(code or 0), capsys.readouterr().err
 
 
-@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_three_sigkills_then_resume_give_each_input_once(bundle, images, tmp_path, fmt):
+@pytest.mark.parametrize(
+    "fmt,moments",
+    [
+        ("csv", [8, 25, 44]),
+        ("jsonl", [8, 25, 44]),
+        # Parquet's last kill comes once every row is in a part: during the merge.
+        ("parquet", [8, 25, 60]),
+    ],
+)
+def test_three_sigkills_then_resume_give_each_input_once(bundle, images, tmp_path, fmt, moments):
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
     directory, keys = images
     result = crash.crash_and_resume(
         fmt, directory, keys, bundle, tmp_path, kills=3, rng=random.Random(0),
-        extra=("--batch-size", "2", "--workers", "1"), kill_after_rows=[8, 25, 44],
+        extra=("--batch-size", "2", "--workers", "1"), kill_after_rows=moments,
     )  # fmt: skip
     assert result["passed"], result["problems"]
-    assert result["rows"] == len(keys) and result["final_exit_code"] == ExitCode.SOME_FAILED
+    assert result["rows"] == len(keys)
+    # 1 when the finishing run met a broken image itself; 0 when only the merge was left.
+    assert result["final_exit_code"] in (ExitCode.OK, ExitCode.SOME_FAILED)
 
 
 def test_checks_catch_a_duplicated_row(images, tmp_path):
