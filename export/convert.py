@@ -7,6 +7,7 @@ Variants are sibling bundles: OUT-fp16/ and OUT-int8/ (see variant_dir).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +33,7 @@ from .specs import (
     DEFAULT_OPSET,
     ENCODER,
     FP16_BLOCKED_OPS,
+    INT8_OPS,
     MIN_OPSET,
     TRACE_BATCH,
     VARIANT_MIN_AGREEMENT,
@@ -265,24 +267,76 @@ def convert_fp16(source: Path, target: Path) -> None:
     from onnxconverter_common import float16
 
     model = onnx.load(str(source))
+    _separate_graph_outputs(model)
+    # The converter types tensors from value_info: give it a complete one.
+    model = onnx.shape_inference.infer_shapes(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         converted = float16.convert_float_to_float16(
             model, keep_io_types=True, op_block_list=list(FP16_BLOCKED_OPS)
         )
+    _retarget_float_casts(converted)
     onnx.save(converted, str(target))
+
+
+def _separate_graph_outputs(model) -> None:
+    """Give every graph output that other nodes also read its own Identity.
+
+    With keep_io_types the converter casts an output back to float32 under its
+    name, and nodes that read it internally (ReduceMean and U read `features`)
+    then receive float32 where they were typed float16.
+    """
+    from onnx import helper
+
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    read = {i for node in graph.node for i in node.input}
+    for name in outputs & read:
+        internal = f"{name}__internal"
+        for node in graph.node:
+            node.output[:] = [internal if o == name else o for o in node.output]
+            node.input[:] = [internal if i == name else i for i in node.input]
+        graph.node.append(helper.make_node("Identity", [internal], [name], name=f"{name}__output"))
+
+
+def _retarget_float_casts(model) -> None:
+    """Make Casts to float32 whose outputs the converter retyped to float16 cast to float16.
+
+    onnxconverter-common changes the output's value_info but not the Cast's `to`
+    (the encoder's uint8 -> float Cast), which ORT rejects at load. Blocking Cast
+    instead sends the converter into an endless loop (its inserted nodes are Casts).
+    """
+    from onnx import TensorProto
+
+    half = {
+        v.name
+        for v in model.graph.value_info
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT16
+    }
+    for node in model.graph.node:
+        if node.op_type != "Cast" or node.output[0] not in half:
+            continue
+        for attribute in node.attribute:
+            if attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                attribute.i = TensorProto.FLOAT16
 
 
 def quantize_int8(source: Path, target: Path) -> None:
     """Dynamic int8 quantisation of MatMul/Gemm weights (activations stay float)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(source),
-        str(target),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" advice is for static quantisation
+    try:
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(INT8_OPS),
+        )
+    finally:
+        root.setLevel(level)
 
 
 def _greedy(bundle: Path, images: np.ndarray, config) -> list[Hypothesis]:

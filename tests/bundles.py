@@ -16,6 +16,7 @@ shared, so treat it as read-only (copy it before tampering).
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import tempfile
@@ -46,6 +47,7 @@ LEARNING_RATE = 3e-3
 TINY_STD_SCALE = {"resnet50": 64.0, "efficientnet_lite0": 4.0}
 
 _CACHE: dict[tuple, Path] = {}
+_CHECKPOINTS: dict[tuple, Path] = {}
 _CACHE_ROOT: Path | None = None
 
 
@@ -182,6 +184,7 @@ def _cache_root() -> Path:
     global _CACHE_ROOT
     if _CACHE_ROOT is None:
         _CACHE_ROOT = Path(tempfile.mkdtemp(prefix="capbatch-tiny-bundles-"))
+        atexit.register(shutil.rmtree, _CACHE_ROOT, ignore_errors=True)
     return _CACHE_ROOT
 
 
@@ -201,15 +204,22 @@ def make_tiny_bundle(
     default for speed; this repo's export tests validate). With `directory`,
     the cached bundle (and its -fp16/-int8 siblings) is copied to
     directory/"bundle" (safe to modify); without, the shared cached path is
-    returned (do not modify it). The checkpoint sits beside the cached bundle
-    as tiny.pt.
+    returned (do not modify it). Either way the source checkpoint sits beside
+    the bundle as tiny.pt (tiny_checkpoint_of).
     """
     from capbatch.export.convert import VARIANTS, export_bundle, variant_dir
 
-    key = (encoder, fp16, int8, top_k, validate, tuple(sorted(config_overrides.items())))
+    overrides = tuple(sorted(config_overrides.items()))
+    key = (encoder, fp16, int8, top_k, validate, overrides)
     if key not in _CACHE:
         work = Path(tempfile.mkdtemp(prefix="tiny-", dir=_cache_root()))
-        checkpoint = make_tiny_checkpoint(work, encoder, **config_overrides)
+        # One training per model, however many bundles are exported from it.
+        if (encoder, overrides) not in _CHECKPOINTS:
+            ckpt_dir = Path(tempfile.mkdtemp(prefix="ckpt-", dir=_cache_root()))
+            _CHECKPOINTS[encoder, overrides] = make_tiny_checkpoint(
+                ckpt_dir, encoder, **config_overrides
+            )
+        checkpoint = shutil.copy2(_CHECKPOINTS[encoder, overrides], work / "tiny.pt")
         _CACHE[key] = export_bundle(
             checkpoint,
             work / "bundle",
@@ -224,17 +234,16 @@ def make_tiny_bundle(
         return cached
     target = Path(directory) / "bundle"
     shutil.copytree(cached, target)
+    shutil.copy2(cached.parent / "tiny.pt", Path(directory) / "tiny.pt")
     for variant, wanted in zip(VARIANTS, (fp16, int8)):
         if wanted:
             shutil.copytree(variant_dir(cached, variant), variant_dir(target, variant))
     return target
 
 
-def tiny_checkpoint_of(bundle: Path) -> Path:
-    """The tiny.pt a cached or copied tiny bundle was exported from (cached copy)."""
-    for cached in _CACHE.values():
-        if bundle == cached or bundle.name == cached.name:
-            candidate = cached.parent / "tiny.pt"
-            if candidate.is_file():
-                return candidate
-    raise FileNotFoundError(f"no cached tiny checkpoint for {bundle}")
+def tiny_checkpoint_of(bundle: Path | str) -> Path:
+    """The tiny.pt a tiny bundle (cached or copied) was exported from: it sits beside it."""
+    path = Path(bundle).parent / "tiny.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no tiny checkpoint beside {bundle}")
+    return path
