@@ -535,6 +535,7 @@ class _ShardFiles:
     def __init__(self, layout: OutputLayout, summary: RaySummary) -> None:
         self.layout, self.summary = layout, summary
         self.open: dict[int, tuple[Any, set[str], list[int]]] = {}  # writer, keys, [ok, errors]
+        self.finished: set[int] = set()
 
     def _state(self, shard: int):
         if shard not in self.open:
@@ -576,6 +577,7 @@ class _ShardFiles:
             self._fail(shard, ok, errors)
             return
         self.layout.record_done({"shard": shard, "rows": ok + errors, "errors": errors})
+        self.finished.add(shard)
         self.summary.shards_done += 1
 
     def _fail(self, shard: int, ok: int, errors: int) -> None:
@@ -583,8 +585,11 @@ class _ShardFiles:
         self.summary.ok -= ok
         self.summary.errors -= errors
         self.summary.failed_shards.append(shard)
+        self.finished.add(shard)
 
-    def close(self, *, interrupted: bool) -> None:
+    def close(self, expected: Sequence[int], *, interrupted: bool) -> None:
+        """Close what is open; without an interrupt, every expected shard that did not
+        finish (including one whose rows never came) is failed."""
         for shard in list(self.open):
             writer, _, (ok, errors) = self.open.pop(shard)
             writer.close()
@@ -594,6 +599,10 @@ class _ShardFiles:
                 self.summary.errors -= errors
             else:
                 self._fail(shard, ok, errors)
+        if not interrupted:
+            for shard in expected:
+                if shard not in self.finished and shard not in self.summary.failed_shards:
+                    self.summary.failed_shards.append(shard)
 
 
 def merge_shards(layout: OutputLayout, shard_indices: Sequence[int], chunk: int = 4096) -> int:
@@ -669,7 +678,7 @@ def run_on_ray(
                             break
         finally:
             summary.interrupted = stop.is_set()
-            files.close(interrupted=summary.interrupted)
+            files.close([shard.index for shard in pending], interrupted=summary.interrupted)
             summary.elapsed_s = time.monotonic() - summary.started
         if layout.merged is not None and not summary.interrupted:
             finished = sorted(layout.read_done())

@@ -152,9 +152,11 @@ def test_shard_with_missing_rows_is_failed_not_done(tmp_path):
     end = dict(shard=0, end=True, count=2, key="")
     files.add([row(0, "a"), row(0, "a"), row(0, "b", "error"), end])  # a repeat is dropped
     files.add([row(1, "c"), dict(end, shard=1, count=2)])  # one of two rows lost
-    files.close(interrupted=False)
+    files.add([row(2, "d")])  # no end marker: its task failed for good
+    files.close([0, 1, 2, 3], interrupted=False)  # shard 3: not a single row came
     assert layout.read_done() == {0: {"shard": 0, "rows": 2, "errors": 1}}
-    assert summary.failed_shards == [1] and not layout.shard_file(1).exists()
+    assert summary.failed_shards == [1, 2, 3]
+    assert not layout.shard_file(1).exists() and not layout.shard_file(2).exists()
     assert (summary.ok, summary.errors, summary.exit_code) == (1, 1, ExitCode.SOME_FAILED)
 
 
@@ -239,3 +241,20 @@ def test_resume_skips_finished_shards(ray_local, bundle, inputs, monkeypatch):
     assert (resumed.shards_skipped, resumed.shards_done, resumed.skipped) == (1, 1, 4)
     assert resumed.processed == len(expected) - 4
     assert read_rows(inputs / "ray.parquet") == expected
+
+
+@needs_ray
+def test_failing_shard_is_retried_then_reported(ray_local, bundle, inputs, monkeypatch):
+    """A path with a NUL byte makes the sources raise in the read task: that shard is
+    retried, then reported as failed (no rows, not done); the other shard is written."""
+    monkeypatch.chdir(inputs)
+    options = RunOptions(inputs=("photos", "bad\x00.png"), out=inputs / "ray.jsonl")
+    model = ModelOptions(str(bundle), device="cpu", batch_size=4)
+    summary = run_on_ray(options, model, RayOptions(shard_size=1, shard_retries=1))
+    assert summary.failed_shards == [1]
+    assert (summary.shards_done, summary.ok, summary.errors) == (1, 6, 1)
+    assert summary.exit_code == ExitCode.SOME_FAILED
+    layout = OutputLayout.for_output(options.out, None)
+    assert sorted(layout.read_done()) == [0]
+    assert len(read_rows(options.out)) == 7  # photos/ only
+    assert not layout.shard_file(1).exists()
