@@ -34,7 +34,9 @@ class TensorSpec:
     `atol` is the fp32 max-abs-diff tolerance of an output (ORT vs PyTorch).
     When `relative` is set, the tolerance scales with the reference's peak
     magnitude (atol * max(1, max|ref|)): backbone features of a ResNet-50
-    reach the hundreds and float32 carries ~7 significant digits.
+    reach the hundreds, the LSTM cell state is unbounded (it grows over 30
+    steps with random weights), and float32 carries ~7 significant digits.
+    Bounded outputs (h in [-1, 1], alpha in [0, 1], log_probs) use atol as is.
     """
 
     name: str
@@ -83,7 +85,7 @@ ENCODER = GraphSpec(
         TensorSpec("features", "float32", (BATCH_AXIS, "L", "D"), FP32_ATOL, relative=True),
         TensorSpec("projected", "float32", (BATCH_AXIS, "L", "A"), FP32_ATOL, relative=True),
         TensorSpec("h0", "float32", (BATCH_AXIS, "H"), FP32_ATOL),
-        TensorSpec("c0", "float32", (BATCH_AXIS, "H"), FP32_ATOL),
+        TensorSpec("c0", "float32", (BATCH_AXIS, "H"), FP32_ATOL, relative=True),
     ),
 )
 
@@ -101,7 +103,7 @@ def decoder_step_spec(top_k: int = 0) -> GraphSpec:
     outputs = (
         TensorSpec("log_probs", "float32", (BATCH_AXIS, "V"), FP32_ATOL),
         TensorSpec("h_out", "float32", (BATCH_AXIS, "H"), FP32_ATOL),
-        TensorSpec("c_out", "float32", (BATCH_AXIS, "H"), FP32_ATOL),
+        TensorSpec("c_out", "float32", (BATCH_AXIS, "H"), FP32_ATOL, relative=True),
         TensorSpec("alpha", "float32", (BATCH_AXIS, "L"), FP32_ATOL),
     )
     return GraphSpec(

@@ -85,3 +85,26 @@ def test_ort_greedy_reproduces_torch_tokens(validated_bundle, batch):
     vocab = tiny_vocab()
     # The tiny model learned its captions: the comparison is between clear argmaxes.
     assert [" ".join(vocab[t] for t in r.tokens) for r in got] == list(TINY_CAPTIONS[:batch])
+
+
+def test_encoder_has_static_padding(tmp_path):
+    """Without freezing, timm's SAME convs export a Shape/Ceil/Pad subgraph; the check sees it."""
+    import copy
+
+    import torch
+    from capbatch.export.convert import _trace, dynamic_pad_nodes
+    from capbatch.export.specs import ENCODER
+    from capbatch.export.wrappers import EncoderGraph, export_copy
+    from capbatch.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    from tests.bundles import make_tiny_bundle, tiny_checkpoint_of
+
+    bundle = make_tiny_bundle(encoder="efficientnet_lite0", validate=True)
+    assert dynamic_pad_nodes(bundle / "encoder.onnx") == []
+    model = model_from_checkpoint(load_checkpoint(tiny_checkpoint_of(bundle)))
+    images = torch.zeros(2, 64, 64, 3, dtype=torch.uint8)
+    _trace(EncoderGraph(copy.deepcopy(model)), (images,), tmp_path / "raw.onnx", ENCODER, 17)
+    assert len(dynamic_pad_nodes(tmp_path / "raw.onnx")) == 5  # one per strided SAME conv
+    frozen = export_copy(model)
+    with torch.no_grad():
+        assert torch.allclose(frozen.encoder(images), model.encoder(images), atol=1e-5)
