@@ -157,9 +157,9 @@ def test_preprocess_size_that_does_not_fit_the_encoder(capsys, bundle, image, tm
 
 @pytest.mark.xfail(
     strict=True,
-    reason="capbatch/bundle.py does not check special token ids against the vocab: an "
-    "<end> id of 99 in a 14-token vocab is accepted and every caption runs to max_len "
-    "(fix: in load_bundle, refuse ids outside range(len(vocab)) with a BundleError)",
+    reason="capbatch/bundle.py does not check special token ids against the vocab: "
+    "<end> = 99 of 14 tokens makes every caption run to max_len, <start> = -5 wraps "
+    "around in the embedding (fix: load_bundle refuses ids outside range(len(vocab)))",
 )
 @pytest.mark.parametrize("token,value", [("end", 99), ("start", -5)])
 def test_special_token_ids_outside_the_vocab(capsys, bundle, image, tmp_path, token, value):
