@@ -310,8 +310,15 @@ def decode_item(item: dict, *, spec: dict) -> dict:
     }
     if out["end"] or out["error"] is not None:
         return out
+    data = item.get("data")
+    if data is None and out["path"]:  # key + path items (caption_dataset): read here
+        try:
+            data = Path(out["path"]).read_bytes()
+        except OSError as exc:
+            out["error"] = f"cannot read file: {exc.strerror or exc}"
+            return out
     try:
-        decoded = decode_image(bytes(item.get("data") or b""), PreprocessSpec(**spec))
+        decoded = decode_image(bytes(data or b""), PreprocessSpec(**spec))
     except InputDecodeError as exc:
         out["error"] = str(exc)
         return out
@@ -390,8 +397,8 @@ def caption_dataset(
 ):
     """For use inside a Ray program: a Dataset of items -> a Dataset of capbatch rows.
 
-    `items` has a `key` (string) and a `data` (image file bytes) column, optionally
-    `path`. Decoding runs as tasks; captioning in `actors` actors, each loading the
+    `items` has a `key` (string) column and a `data` (image file bytes) or a `path`
+    column (read on the workers), or both. Decoding runs as tasks; captioning in `actors` actors, each loading the
     bundle once. The result has the columns of ROW_FIELDS, the local engine's rows;
     keep input order with DataContext.execution_options.preserve_order = True.
     """
@@ -400,7 +407,10 @@ def caption_dataset(
     ray_options = RayOptions(actors=actors, gpus_per_actor=gpus_per_actor)
     decoded = items.map(decode_item, fn_kwargs={"spec": spec.to_dict()})
     captioned = _caption_stage(ray, decoded, model, ray_options)
-    return captioned.filter(lambda row: not row["end"]).select_columns(list(ROW_FIELDS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "use expr": its syntax varies by version
+        rows = captioned.filter(lambda row: not row["end"])
+    return rows.select_columns(list(ROW_FIELDS))
 
 
 def _caption_stage(ray, decoded, model: ModelOptions, ray_options: RayOptions):
@@ -482,6 +492,22 @@ def _data_context(ray):
             context.max_errored_blocks,
             context.enable_progress_bars,
         ) = saved
+
+
+def check_resources(resources: dict, model: ModelOptions, ray_options: RayOptions) -> None:
+    """Refuse a job the cluster can never schedule: Ray Data would wait for it forever."""
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    if cpus < ray_options.actors + 1:
+        raise UsageError(
+            f"--actors {ray_options.actors} needs {ray_options.actors + 1} CPUs in Ray "
+            f"(one per actor, one for reading); the cluster has {cpus:g}"
+        )
+    wanted = ray_options.actors * ray_options.actor_gpus(model.device)
+    if wanted > gpus:
+        raise UsageError(
+            f"--device {model.device} with {ray_options.actors} actor(s) needs {wanted:g} GPUs "
+            f"in Ray; the cluster has {gpus:g}"
+        )
 
 
 def _plan_record(shards: Sequence[Shard], options: RunOptions, model: ModelOptions, model_id):
@@ -667,6 +693,7 @@ def run_on_ray(
         try:
             if pending:
                 with ray_session(ray_options) as ray, _data_context(ray):
+                    check_resources(ray.cluster_resources(), model, ray_options)
                     decoded = _shard_dataset(ray, pending, options, ray_options, spec)
                     captioned = _caption_stage(ray, decoded, model, ray_options)
                     for batch in captioned.iter_batches(batch_format="pyarrow", batch_size=None):

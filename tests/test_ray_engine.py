@@ -30,6 +30,8 @@ from capbatch.ray_engine import (
     RayOptions,
     RaySummary,
     _ShardFiles,
+    caption_dataset,
+    check_resources,
     plan_shards,
     run_on_ray,
 )
@@ -160,6 +162,17 @@ def test_shard_with_missing_rows_is_failed_not_done(tmp_path):
     assert (summary.ok, summary.errors, summary.exit_code) == (1, 1, ExitCode.SOME_FAILED)
 
 
+def test_jobs_the_cluster_cannot_schedule_are_refused():
+    cpu = ModelOptions(device="cpu")
+    check_resources({"CPU": 3.0}, cpu, RayOptions(actors=2))
+    with pytest.raises(UsageError, match="needs 3 CPUs"):
+        check_resources({"CPU": 2.0}, cpu, RayOptions(actors=2))
+    with pytest.raises(UsageError, match="needs 2 GPUs"):
+        check_resources({"CPU": 8.0, "GPU": 1.0}, ModelOptions(device="cuda"), RayOptions(actors=2))
+    half = RayOptions(actors=2, gpus_per_actor=0.5)
+    check_resources({"CPU": 8.0, "GPU": 1.0}, ModelOptions(device="cuda"), half)
+
+
 def test_ray_options_without_engine_ray_are_refused(capsys, bundle, inputs):
     code = main(["caption", str(inputs / "photos"), "--out", str(inputs / "o.csv"),
                  "--model", str(bundle), "--actors", "2"])  # fmt: skip
@@ -258,3 +271,23 @@ def test_failing_shard_is_retried_then_reported(ray_local, bundle, inputs, monke
     assert sorted(layout.read_done()) == [0]
     assert len(read_rows(options.out)) == 7  # photos/ only
     assert not layout.shard_file(1).exists()
+
+
+@needs_ray
+def test_caption_dataset_inside_a_ray_program(ray_local, bundle, inputs, monkeypatch):
+    monkeypatch.chdir(inputs)
+    names = ("photos/0.png", "photos/broken.jpg", "photos/sub/tall.png")
+    expected = local_rows(bundle, inputs / "local.jsonl", inputs=names)
+    # key + bytes for the first two, key + path (read by the worker) for the last
+    records = [{"key": n, "path": n, "data": Path(n).read_bytes()} for n in names[:2]]
+    records.append({"key": names[2], "path": str(inputs / names[2]), "data": None})
+    items = ray_local.data.from_items(records)
+    context = ray_local.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    try:
+        model = ModelOptions(str(bundle), device="cpu", batch_size=4)
+        rows = caption_dataset(items, model, actors=1).take_all()
+    finally:
+        context.execution_options.preserve_order = False
+    expected[2]["path"] = str(inputs / names[2])
+    assert rows == expected
