@@ -63,6 +63,7 @@ def export(
         Path | None,
         typer.Option(
             "--validate-images",
+            exists=True,
             file_okay=False,
             help="Folder of images for caption checks (default: generated scenes).",
         ),
