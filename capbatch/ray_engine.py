@@ -482,7 +482,9 @@ def _data_context(ray):
     context.enable_progress_bars = False
     data_logger = logging.getLogger("ray.data")
     level = data_logger.level
-    data_logger.setLevel(logging.WARNING)  # its per-run INFO lines would break the progress bar
+    # Its per-run INFO lines and the "progress bars disabled" warning would break our
+    # progress bar; errors still show.
+    data_logger.setLevel(logging.ERROR)
     try:
         yield context
     finally:
