@@ -99,7 +99,9 @@ def build_manifest(
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model_id": model_id(config, checkpoint_sha256, str(extra.get("model_name", "capbatch"))),
+        # Variants caption slightly differently: output rows must say which one ran.
+        "model_id": model_id(config, checkpoint_sha256, str(extra.get("model_name", "capbatch")))
+        + ("" if variant == "fp32" else f"-{variant}"),
         "variant": variant,
         "config": config.to_dict(),
         "preprocess": config.preprocess.to_dict(),

@@ -111,6 +111,7 @@ def test_cli_writes_validated_bundle_and_int8_fp16_variants(tmp_path, capsys):
     for variant in ("fp16", "int8"):
         manifest = verify_bundle(tmp_path / "models" / f"tiny-{variant}")
         assert manifest["variant"] == variant
+        assert manifest["model_id"] == f"{fp32['model_id']}-{variant}"
         assert manifest["validation"]["caption_agreement"] >= 0.97
         assert manifest["source_checkpoint_sha256"] == fp32["source_checkpoint_sha256"]
     # Nothing but the three bundles: no staging directories left behind.
