@@ -40,7 +40,14 @@ from .errors import BundleError, ExitCode, InputDecodeError, MissingDependencyEr
 from .pipeline import RunOptions, RunSummary, rows_for
 from .preprocess import PreprocessSpec
 from .providers import Device, cpu_thread_count, parse_device
-from .sources import SourceItem, archive_kind, expand_braces, iter_sources, read_list
+from .sources import (
+    SourceItem,
+    archive_kind,
+    escape_undecodable,
+    expand_braces,
+    iter_sources,
+    read_list,
+)
 from .writers import ROW_FIELDS, OutputLock, Row, format_for, open_writer, parts_dir_for
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'capbatch[ray]'"
@@ -286,7 +293,9 @@ def read_shard(
         raw = {
             "shard": shard["shard"],
             "key": item.key,
-            "path": item.path,
+            # Arrow strings are UTF-8 (else Ray pickles the column): a non-UTF-8 file name
+            # travels escaped, as the row's path column writes it anyway.
+            "path": None if item.path is None else escape_undecodable(item.path),
             "data": item.data,
             "error": None if item.data is not None else (item.error or "unreadable input"),
         }

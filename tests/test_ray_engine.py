@@ -77,6 +77,8 @@ def inputs(tmp_path):
         (photos / f"{i}.png").write_bytes(png_bytes(i))
     (photos / "sub" / "tall.png").write_bytes(png_bytes(9, (50, 70)))
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    # A Latin-1 file name: not valid UTF-8, so its key and path are escaped.
+    (photos / os.fsdecode(b"caf\xe9.png")).write_bytes(png_bytes(7))
     with tarfile.open(tmp_path / "shard-000.tar", "w") as archive:
         for i in range(4):
             data = png_bytes(100 + i)
@@ -219,6 +221,7 @@ def test_cli_rows_equal_local_engine(ray_local, capsys, bundle, inputs, monkeypa
         "missing.png",
     }
     assert "shard-000.tar::000003.png" in {r["key"] for r in rows}
+    assert "photos/caf\\xe9.png" in {r["key"] for r in rows}
     # photos/ (1 input) + shard-000.tar + the list file's 3 entries (shard_size 256)
     layout = OutputLayout.for_output(inputs / "ray.jsonl", None)
     assert sorted(layout.read_done()) == [0, 1, 2]
@@ -265,11 +268,11 @@ def test_failing_shard_is_retried_then_reported(ray_local, bundle, inputs, monke
     model = ModelOptions(str(bundle), device="cpu", batch_size=4)
     summary = run_on_ray(options, model, RayOptions(shard_size=1, shard_retries=1))
     assert summary.failed_shards == [1]
-    assert (summary.shards_done, summary.ok, summary.errors) == (1, 6, 1)
+    assert (summary.shards_done, summary.ok, summary.errors) == (1, 7, 1)
     assert summary.exit_code == ExitCode.SOME_FAILED
     layout = OutputLayout.for_output(options.out, None)
     assert sorted(layout.read_done()) == [0]
-    assert len(read_rows(options.out)) == 7  # photos/ only
+    assert len(read_rows(options.out)) == 8  # photos/ only
     assert not layout.shard_file(1).exists()
 
 
