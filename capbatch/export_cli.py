@@ -30,7 +30,10 @@ Validation (default on) compares ONNX Runtime with PyTorch at batch sizes 1, 3
 and 7 and requires identical greedy captions. Exit code 2 on any error.
 """
 
-EXTRA_HINT = "export needs PyTorch and ONNX: pip install 'capbatch[export]'"
+EXTRA_HINT = (
+    "export needs PyTorch, ONNX and ONNX Runtime: pip install 'capbatch[export,cpu]' "
+    "(or 'capbatch[export,gpu]')"
+)
 
 
 def _import_exporter():

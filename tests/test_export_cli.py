@@ -55,7 +55,7 @@ def test_export_without_torch_names_the_extra(tmp_path):
         timeout=120,
     )
     assert result.returncode == 2
-    _assert_one_line(result.stderr, "pip install 'capbatch[export]'")
+    _assert_one_line(result.stderr, "pip install 'capbatch[export,cpu]'")
     assert not (tmp_path / "b").exists()
 
 
