@@ -11,13 +11,15 @@ exactly --steps decoder steps per image (<end> is ignored, so no side stops earl
 * capbatch: the runtime (encoder.onnx once per batch + the numpy greedy loop over
   decoder_step.onnx), through Captioner.decode_pixels.
 
-Both sides use one intra-op thread per usable core. Also records capbatch's time
+Both sides use one intra-op thread per usable core; the three are timed in turn
+(reference, batched, capbatch; --repeats rounds, medians) at each batch size. Also records capbatch's time
 split (encoder vs decoder steps) per batch size, for docs/bench_split.png.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -77,6 +79,12 @@ def torch_batched(model, images, steps: int) -> None:
             tokens = torch.log_softmax(logits, dim=-1).argmax(dim=-1)  # (B,)
 
 
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def capbatch_run(captioner, pixels) -> tuple[float, float]:
     """decode_pixels, split: (encoder seconds, decoder-step seconds)."""
     from capbatch.decoding import decode
@@ -108,20 +116,21 @@ def bench_config(config: common.BenchConfig, args) -> dict:
     images = torch.from_numpy(pixels)
 
     n_ref = args.reference_images
-    ref_s = common.median_time(
-        lambda: torch_reference(model, images[:n_ref], args.steps), args.repeats
-    )
-    reference_rate = n_ref / ref_s
     rows = []
     for batch in batch_sizes:
         px, timgs = pixels[:batch], images[:batch]
-        torch_s = common.median_time(
-            lambda t=timgs: torch_batched(model, t, args.steps), args.repeats
-        )
-        capbatch_run(captioner, px)  # warmup
-        splits = [capbatch_run(captioner, px) for _ in range(args.repeats)]
-        totals = sorted(splits, key=sum)
-        encoder_s, steps_s = totals[len(totals) // 2]
+        torch_reference(model, images[:1], args.steps)  # warmup, all three
+        torch_batched(model, timgs, args.steps)
+        capbatch_run(captioner, px)
+        ref_times, torch_times, splits = [], [], []
+        # Interleaved, so a change in the shared machine's load hits all three alike.
+        for _ in range(args.repeats):
+            ref_times.append(_seconds(lambda: torch_reference(model, images[:n_ref], args.steps)))
+            torch_times.append(_seconds(lambda t=timgs: torch_batched(model, t, args.steps)))
+            splits.append(capbatch_run(captioner, px))
+        reference_rate = n_ref / statistics.median(ref_times)
+        torch_s = statistics.median(torch_times)
+        encoder_s, steps_s = sorted(splits, key=sum)[len(splits) // 2]
         cap_s = encoder_s + steps_s
         rows.append(
             {
