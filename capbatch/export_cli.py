@@ -80,6 +80,10 @@ def export(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing bundle directories.")
     ] = False,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Model id prefix in the manifest (default: capbatch)."),
+    ] = None,
 ) -> None:
     """Export a training checkpoint to an ONNX model bundle."""
     export_bundle, variant_dir = _import_exporter()
@@ -94,6 +98,7 @@ def export(
         top_k=top_k,
         force=force,
         overwrite=overwrite,
+        name=name,
     )
     written = [bundle] + [
         variant_dir(bundle, v) for v, on in (("fp16", fp16), ("int8", int8)) if on

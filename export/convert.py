@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -75,6 +76,7 @@ def export_bundle(
     top_k: int = 0,
     force: bool = False,
     overwrite: bool = False,
+    name: str | None = None,
 ) -> Path:
     """Export ckpt_path to the bundle out_dir (fp32) and the requested variants.
 
@@ -82,6 +84,9 @@ def export_bundle(
     ExportError (ValidationError, VariantAgreementError) when export or
     validation fails; nothing is left at a destination on failure.
     """
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        # The id lands in every output row and file name: keep it plain.
+        raise ExportError(f"--name must be letters, digits, '.', '_' or '-' (got {name!r})")
     if opset < MIN_OPSET:
         raise ExportError(
             f"opset {opset} is too old: LSTMCell/attention export needs >= {MIN_OPSET}"
@@ -114,6 +119,7 @@ def export_bundle(
             opset=opset,
             variant=variant,
             validation=validation,
+            model_name=name,
         )
         write_manifest(bundle, manifest)
 

@@ -89,6 +89,7 @@ def build_manifest(
     opset: int,
     variant: str,
     validation: dict | None,
+    model_name: str | None = None,
 ) -> dict:
     """The manifest for the files now in bundle_dir (their hashes included)."""
     vocab_style = checkpoint.get("vocab_style", "word")
@@ -100,7 +101,9 @@ def build_manifest(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         # Variants caption slightly differently: output rows must say which one ran.
-        "model_id": model_id(config, checkpoint_sha256, str(extra.get("model_name", "capbatch")))
+        "model_id": model_id(
+            config, checkpoint_sha256, model_name or str(extra.get("model_name", "capbatch"))
+        )
         + ("" if variant == "fp32" else f"-{variant}"),
         "variant": variant,
         "config": config.to_dict(),

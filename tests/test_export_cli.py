@@ -102,11 +102,21 @@ def test_cli_writes_validated_bundle_and_int8_fp16_variants(tmp_path, capsys):
     checkpoint = tiny_checkpoint_of(make_tiny_bundle())
     out_dir = tmp_path / "models" / "tiny"
     code, out, err = _run_cli(
-        capsys, "export", "--ckpt", str(checkpoint), "--out", str(out_dir), "--int8", "--fp16"
+        capsys,
+        "export",
+        "--ckpt",
+        str(checkpoint),
+        "--out",
+        str(out_dir),
+        "--int8",
+        "--fp16",
+        "--name",
+        "tiny.v1",
     )
     assert code == 0, err
     assert f"wrote {out_dir}-int8" in out
     fp32 = verify_bundle(out_dir)
+    assert fp32["model_id"].startswith("tiny.v1-lite0-")
     assert fp32["validation"]["caption_agreement"] == 1.0
     for variant in ("fp16", "int8"):
         manifest = verify_bundle(tmp_path / "models" / f"tiny-{variant}")
@@ -124,6 +134,23 @@ def test_cli_writes_validated_bundle_and_int8_fp16_variants(tmp_path, capsys):
     code, _, err = _run_cli(capsys, "export", "--ckpt", str(checkpoint), "--out", str(out_dir))
     assert code == 2
     _assert_one_line(err, "already exists", "--overwrite")
+
+
+@needs_torch
+def test_bad_model_name_is_refused_before_any_work(tmp_path, capsys):
+    code, _, err = _run_cli(
+        capsys,
+        "export",
+        "--ckpt",
+        str(tmp_path / "x.pt"),
+        "--out",
+        str(tmp_path / "b"),
+        "--name",
+        "../evil",
+    )
+    assert code == 2
+    _assert_one_line(err, "--name must be")
+    assert not (tmp_path / "b").exists()
 
 
 @needs_torch
