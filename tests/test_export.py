@@ -108,3 +108,20 @@ def test_encoder_has_static_padding(tmp_path):
     frozen = export_copy(model)
     with torch.no_grad():
         assert torch.allclose(frozen.encoder(images), model.encoder(images), atol=1e-5)
+
+
+def test_feature_extras_export_and_validate(tmp_path):
+    """Taps, positions and the colour grid (the default model's options) export with
+    static pooling and pass validation, greedy captions included."""
+    from capbatch.export.convert import export_bundle
+
+    from capbatch.manifest import verify_bundle
+    from tests.bundles import make_tiny_checkpoint
+
+    checkpoint = make_tiny_checkpoint(
+        tmp_path, feature_taps=(1, 2), position_features=True, colour_grid=2
+    )
+    manifest = verify_bundle(export_bundle(checkpoint, tmp_path / "bundle", validate=True))
+    assert manifest["config"]["colour_grid"] == 2
+    assert manifest["config"]["feature_taps"] == [1, 2]
+    assert manifest["validation"]["caption_agreement"] == 1.0

@@ -155,3 +155,25 @@ def test_decoder_image_index_equals_repeating_features(torch):
         repeated = model.decoder(features[index], captions)
     assert torch.allclose(grouped[0], repeated[0], atol=1e-6)
     assert torch.allclose(grouped[1], repeated[1], atol=1e-6)
+
+
+def test_colour_grid_gives_each_region_its_own_colour_block(torch):
+    from capbatch.training.model import build_model
+
+    config = _config(colour_grid=2)
+    assert config.encoder_dim == 1280 + 12
+    model = build_model(config, pretrained=False).eval()
+    images = torch.zeros(1, 224, 224, 3, dtype=torch.uint8)
+    images[0, :16, :16] = torch.tensor([255, 0, 0], dtype=torch.uint8)  # red top-left 16 px
+    images[0, -16:, -16:] = torch.tensor([0, 0, 255], dtype=torch.uint8)  # blue bottom-right
+    with torch.inference_mode():
+        blocks = model.encoder(images)[0, :, -12:].reshape(49, 3, 2, 2)  # (L, rgb, k, k)
+    mean = torch.tensor(config.mean) * 255
+    std = torch.tensor(config.std) * 255
+    black = (0 - mean) / std
+    red = (torch.tensor([255.0, 0, 0]) - mean) / std
+    blue = (torch.tensor([0, 0, 255.0]) - mean) / std
+    assert torch.allclose(blocks[0, :, 0, 0], red, atol=1e-4)  # region 0, sub-block (0, 0)
+    assert torch.allclose(blocks[0, :, 1, 1], black, atol=1e-4)
+    assert torch.allclose(blocks[48, :, 1, 1], blue, atol=1e-4)  # last region, last sub-block
+    assert torch.allclose(blocks[48, :, 0, 0], black, atol=1e-4)

@@ -84,6 +84,10 @@ def fit(
     position_features: Annotated[
         bool, typer.Option(help="Append each region's (x, y) to its features.")
     ] = False,
+    colour_grid: Annotated[
+        int,
+        typer.Option(help="Append each region's k x k average colours (0 = off), e.g. 4."),
+    ] = 0,
     fine_tune_stages: Annotated[
         int, typer.Option(help="Unfreeze the last N backbone stages (disables the cache).")
     ] = 0,
@@ -129,6 +133,7 @@ def fit(
         max_len=max_len,
         feature_taps=_taps(feature_taps),
         position_features=position_features,
+        colour_grid=colour_grid,
         fine_tune_stages=fine_tune_stages,
         tokenizer=tokenizer,
         min_word_freq=min_word_freq,

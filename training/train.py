@@ -68,6 +68,7 @@ class TrainOptions:
     max_len: int = 30
     feature_taps: tuple[int, ...] = ()
     position_features: bool = False
+    colour_grid: int = 0
     fine_tune_stages: int = 0
     tokenizer: Path | None = None  # local HF tokenizer dir; default: train a word tokenizer
     min_word_freq: int = 1
@@ -183,6 +184,7 @@ def make_config(options: TrainOptions, tokenizer: CaptionTokenizer) -> ModelConf
         max_len=options.max_len,
         feature_taps=tuple(options.feature_taps),
         position_features=options.position_features,
+        colour_grid=options.colour_grid,
         fine_tune_stages=options.fine_tune_stages,
         **tokenizer.specials.config_fields(),
     )
