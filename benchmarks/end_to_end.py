@@ -37,6 +37,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-len", type=int, default=20)
     parser.add_argument("--workers", type=int, default=None, help="decode threads (None: cores)")
+    parser.add_argument(
+        "--intra-op-threads", type=int, default=None, help="onnxruntime threads (None: cores)"
+    )
     args = parser.parse_args(argv)
     if args.tiny:
         args.config, args.images, args.model_images, args.batch_size = "tiny", 24, 16, 8
@@ -99,7 +102,13 @@ def measure(args, config, bundle: Path, files: list[Path], view: Path) -> dict:
     idle = common.wait_until_idle(args.no_wait or args.tiny)
     machine = common.machine_info()
     start = time.perf_counter()
-    captioner = Captioner(bundle, device="cpu", batch_size=args.batch_size, max_len=args.max_len)
+    captioner = Captioner(
+        bundle,
+        device="cpu",
+        batch_size=args.batch_size,
+        max_len=args.max_len,
+        intra_op_threads=args.intra_op_threads,
+    )
     load_s = time.perf_counter() - start
     workers = args.workers or cpu_thread_count()
 
@@ -127,6 +136,7 @@ def measure(args, config, bundle: Path, files: list[Path], view: Path) -> dict:
         "config": config.name,
         "max_len": args.max_len,
         "workers": workers,
+        "intra_op_threads": args.intra_op_threads or cpu_thread_count(),
         "result": row,
         "run": run,
         "load_average_after": common.machine_info()["load_average"],

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .decoding import ArrayStepModel, RowState, StepModel, StepOutput
-from .errors import BundleError, MissingDependencyError
+from .errors import BundleError, MissingDependencyError, UsageError
 from .manifest import verify_bundle
 from .preprocess import PreprocessSpec
 from .providers import CUDA, choose_providers, cpu_thread_count, fallback_warning
@@ -34,6 +34,8 @@ ENCODER_OUTPUTS = ("features", "projected", "h0", "c0")
 STEP_INPUTS = ("tokens", "h", "c", "features", "projected")
 STEP_OUTPUTS = ("log_probs", "h_out", "c_out", "alpha")
 SPECIAL_TOKENS = ("pad", "start", "end", "unk")
+# Most images per encoder.run on CPU (see Bundle.encode).
+ENCODER_CHUNK = 16
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -91,8 +93,22 @@ class Bundle:
         return CUDA in self.providers
 
     def encode(self, images: np.ndarray) -> Encoded:
-        """images (B, S, S, 3) uint8 -> per-image encoder outputs."""
-        outputs = self.encoder.run(list(ENCODER_OUTPUTS), {"images": images})
+        """images (B, S, S, 3) uint8 -> per-image encoder outputs.
+
+        On CPU the encoder runs in chunks of at most ENCODER_CHUNK images: its
+        activations (not its weights) set the process's peak memory, and they
+        grow with the batch while the per-image speed no longer does
+        (docs/benchmarks.md). The decoder steps still see the whole batch.
+        """
+        chunk = images.shape[0] if self.on_cuda else ENCODER_CHUNK
+        parts = [
+            self.encoder.run(list(ENCODER_OUTPUTS), {"images": images[i : i + chunk]})
+            for i in range(0, max(1, images.shape[0]), chunk)
+        ]
+        if len(parts) == 1:
+            outputs = parts[0]
+        else:
+            outputs = [np.concatenate(tensors) for tensors in zip(*parts)]  # (B, ...) each
         features, projected, h0, c0 = (o.astype(np.float32, copy=False) for o in outputs)
         return Encoded(features, projected, h0, c0)
 
@@ -228,14 +244,14 @@ def resolve_bundle_dir(path: str | Path | None) -> Path:
     return DEFAULT_BUNDLE_DIR
 
 
-def _session_options(ort, on_cpu: bool):
+def _session_options(ort, on_cpu: bool, intra_op_threads: int | None = None):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: fallbacks are reported by us, on one line
     if on_cpu:
         # One pool sized to the cores we may use; the step graph is small and
         # sequential, so inter-op parallelism only adds contention.
-        options.intra_op_num_threads = cpu_thread_count()
+        options.intra_op_num_threads = intra_op_threads or cpu_thread_count()
         options.inter_op_num_threads = 1
         # Spinning idle threads steal the cores the decode pool needs: measured 26-28
         # vs 15-17 images/s end to end on 2 cores (docs/runtime.md).
@@ -290,8 +306,18 @@ def load_bundle(
     device: str = "auto",
     *,
     warn: Callable[[str], None] = _stderr_warning,
+    intra_op_threads: int | None = None,
 ) -> Bundle:
-    """Verify and open a bundle directory (None = the embedded default model)."""
+    """Verify and open a bundle directory (None = the embedded default model).
+
+    intra_op_threads: onnxruntime threads per CPU session (None = one per usable
+    core). Beside a decode pool on the same cores, fewer can be faster: on 2
+    cores with 2 decode threads, 1 gave 1.06x end to end (docs/benchmarks.md).
+    """
+    if intra_op_threads is not None and (
+        not isinstance(intra_op_threads, int) or intra_op_threads < 1
+    ):
+        raise UsageError(f"intra_op_threads must be an integer >= 1, got {intra_op_threads!r}")
     bundle_dir = resolve_bundle_dir(path)
     manifest = verify_bundle(bundle_dir)  # sha256 of every file, before any session
     try:
@@ -313,7 +339,7 @@ def load_bundle(
             ort.preload_dlls()
         except Exception:  # noqa: BLE001 - the fallback check below reports the outcome
             pass
-    options = _session_options(ort, on_cpu=CUDA not in requested)
+    options = _session_options(ort, CUDA not in requested, intra_op_threads)
     sessions = []
     for entry in (encoder_entry, step_entry):
         try:

@@ -92,10 +92,14 @@ class Captioner:
         *,
         return_attention: bool = False,
         warn: Callable[[str], None] = _stderr_warning,
+        intra_op_threads: int | None = None,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch size must be an integer >= 1, got {batch_size!r}")
-        self.bundle: Bundle = load_bundle(model, device, warn=warn)
+        # intra_op_threads: onnxruntime threads per CPU session (None = one per core).
+        self.bundle: Bundle = load_bundle(
+            model, device, warn=warn, intra_op_threads=intra_op_threads
+        )
         try:
             self.options = DecodingOptions(
                 beam_size=beam_size,

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import needs_torch
@@ -106,3 +107,56 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     assert "CPUExecutionProvider" in report["onnxruntime"]["providers"]
     assert report["resnet50_infer_b2_fp32_img_s"] > 0
     assert report["resnet50_train_step_amp_b2_ms"] > 0
+
+
+@needs_torch
+def test_intra_op_threads_option_keeps_captions(tmp_path):
+    from capbatch.captioner import Captioner
+    from capbatch.errors import UsageError
+    from tests.bundles import make_tiny_bundle, tiny_images
+
+    bundle = make_tiny_bundle()
+    pixels = tiny_images()
+    default = Captioner(bundle, device="cpu").decode_pixels(pixels)
+    single = Captioner(bundle, device="cpu", intra_op_threads=1)
+    assert single.bundle.encoder.get_session_options().intra_op_num_threads == 1
+    assert [h.tokens for h in single.decode_pixels(pixels)] == [h.tokens for h in default]
+    with pytest.raises(UsageError):
+        Captioner(bundle, device="cpu", intra_op_threads=0)
+
+
+@needs_torch
+def test_pipeline_threads_tiny(tmp_path, bench_cache):
+    result = run_tiny("pipeline_threads", tmp_path / "threads.json", bench_cache)
+    assert [row["intra_op_threads"] for row in result["rows"]] == [2, 1]
+    assert result["rows"][0]["vs_first"] == 1.0
+
+
+@needs_torch
+def test_encoder_chunk_tiny(tmp_path, bench_cache):
+    import capbatch.bundle
+
+    before = capbatch.bundle.ENCODER_CHUNK
+    result = run_tiny("encoder_chunk", tmp_path / "chunk.json", bench_cache)
+    assert [row["chunk"] for row in result["rows"]] == [8, 4]
+    assert capbatch.bundle.ENCODER_CHUNK == before
+
+
+@needs_torch
+def test_chunked_encoder_matches_one_run():
+    import capbatch.bundle
+    from capbatch.captioner import Captioner
+    from tests.bundles import make_tiny_bundle, tiny_images
+
+    captioner = Captioner(make_tiny_bundle(), device="cpu")
+    pixels = tiny_images()  # 8 images
+    before = capbatch.bundle.ENCODER_CHUNK
+    try:
+        capbatch.bundle.ENCODER_CHUNK = 3  # 3 + 3 + 2
+        chunked = captioner.bundle.encode(pixels)
+    finally:
+        capbatch.bundle.ENCODER_CHUNK = before
+    whole = captioner.bundle.encoder.run(None, {"images": pixels})
+    for got, expected in zip((chunked.features, chunked.projected, chunked.h0, chunked.c0), whole):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
