@@ -7,7 +7,8 @@ On a folder of --images photo-like 1024x768 JPEGs (made by the script, cached):
 * decode: read + decode + preprocess alone (capbatch.decode.decode_image, JPEG draft
   mode as in the runtime), on a thread pool of one worker per usable core;
 * model: the captioner alone (Captioner.decode_pixels) on already decoded pixels,
-  at the run's batch size, with onnxruntime on every usable core;
+  at the run's batch size, with onnxruntime on every usable core (also when
+  --intra-op-threads gives the pipeline run fewer);
 * end_to_end: capbatch.pipeline.run_captioning (what `capbatch caption DIR` runs,
   minus process start-up and model loading, which are reported separately).
 
@@ -114,7 +115,11 @@ def measure(args, config, bundle: Path, files: list[Path], view: Path) -> dict:
 
     decode_img_s, decoded = decode_rate(files, captioner.preprocess, workers)
     pixels = np.stack([d.pixels for d in decoded[: args.model_images]])  # (N, S, S, 3)
-    model_img_s = model_rate(captioner, pixels)
+    # The limit's model stage has every core, whatever threads the pipeline run uses.
+    alone = captioner
+    if args.intra_op_threads not in (None, cpu_thread_count()):
+        alone = Captioner(bundle, device="cpu", batch_size=args.batch_size, max_len=args.max_len)
+    model_img_s = model_rate(alone, pixels)
     e2e_img_s, run = end_to_end_rate(captioner, view, args.workers)
     limit = 1.0 / (1.0 / decode_img_s + 1.0 / model_img_s)
     row = {

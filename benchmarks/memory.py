@@ -93,8 +93,8 @@ def main(argv=None) -> dict:
         lists = {n: write_list(files, n, tmp) for n in (args.small, args.large)}
         plan = [(args.small, batches[0]), (args.large, batches[0])]
         plan += [(args.small, b) for b in batches[1:]]
-        for count, batch in plan:
-            out = tmp / f"out-{count}-{batch}.csv"
+        for index, (count, batch) in enumerate(plan):
+            out = tmp / f"out-{index}-{count}-{batch}.csv"
             row = {"images": count, "batch": batch}
             row.update(peak_rss(lists[count], bundle, batch, args.max_len, out))
             rows.append(row)
