@@ -331,6 +331,13 @@ def load_bundle(
     encoder_entry = _graph_entry(manifest, "encoder")
     step_entry = _graph_entry(manifest, "decoder_step")
     vocab = _read_vocab(bundle_dir, manifest, special_ids)
+    for name in SPECIAL_TOKENS:
+        # An <end> outside the vocab is never emitted (every caption runs to max_len);
+        # a negative <start> would silently index from the end of the embedding.
+        if not 0 <= int(special[name]) < len(vocab):
+            raise BundleError(
+                f"special token {name} id {special[name]} is outside the vocab ({len(vocab)} tokens)"
+            )
 
     ort = import_onnxruntime()
     requested = choose_providers(device, ort.get_available_providers())

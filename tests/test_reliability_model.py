@@ -155,12 +155,6 @@ def test_preprocess_size_that_does_not_fit_the_encoder(capsys, bundle, image, tm
     assert "encoder expects 32x32 images but the manifest's preprocess size is 64" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="capbatch/bundle.py does not check special token ids against the vocab: "
-    "<end> = 99 of 14 tokens makes every caption run to max_len, <start> = -5 wraps "
-    "around in the embedding (fix: load_bundle refuses ids outside range(len(vocab)))",
-)
 @pytest.mark.parametrize("token,value", [("end", 99), ("start", -5)])
 def test_special_token_ids_outside_the_vocab(capsys, bundle, image, tmp_path, token, value):
     edit_manifest(bundle, lambda m: m["special_tokens"].update({token: value}))
