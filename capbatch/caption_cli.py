@@ -163,6 +163,15 @@ def caption(
         int | None,
         typer.Option("--workers", min=1, help="Decode threads (default: one per core)."),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="ONNX Runtime threads per CPU session (default: one per core; on small "
+            "machines 1 leaves the cores to decoding, see docs/benchmarks.md).",
+        ),
+    ] = None,
     glob: Annotated[
         str | None, typer.Option("--glob", help="Only files matching this pattern in folders.")
     ] = None,
@@ -225,6 +234,8 @@ def caption(
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if threads is not None and engine is Engine.ray:
+        raise UsageError("--threads applies to the local engine only")
     if engine is Engine.ray:
         _caption_on_ray(
             options, model, device, batch_size, beam_size, max_len, ray_address, actors, quiet
@@ -240,6 +251,7 @@ def caption(
         batch_size=batch_size,
         return_attention=attention_dir is not None,
         warn=lambda message: _echo(f"capbatch: warning: {message}"),
+        intra_op_threads=threads,
     )
     if not quiet:
         _echo(f"model {captioner.model_id} on {', '.join(captioner.providers)}")

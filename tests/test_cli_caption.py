@@ -81,7 +81,18 @@ def test_all_good_exit_zero_and_jsonl(capsys, bundle, photos, tmp_path):
     (photos / "broken.jpg").unlink()
     out = tmp_path / "captions.jsonl"
     code, _, _ = run_cli(
-        capsys, "caption", photos, "-o", out, "--model", bundle, "--beam-size", "3", "-q"
+        capsys,
+        "caption",
+        photos,
+        "-o",
+        out,
+        "--model",
+        bundle,
+        "--beam-size",
+        "3",
+        "-q",
+        "--threads",
+        "1",
     )
     assert code == ExitCode.OK
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -162,6 +173,8 @@ def test_locked_output_is_refused(capsys, bundle, photos, tmp_path):
         (["--format", "xml"], "xml"),
         (["--beam-size", "0"], "beam-size"),
         (["--device", "cuda"], "--device cuda"),
+        (["--threads", "0"], "--threads"),
+        (["--threads", "1", "--engine", "ray"], "local engine only"),
     ],
 )
 def test_bad_options_are_one_line_fatal(capsys, bundle, photos, tmp_path, args, message):
