@@ -33,23 +33,29 @@ def _register_commands() -> None:
     from . import caption_cli, export_cli  # noqa: F401
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning CapbatchError into one line + exit code."""
-    _register_commands()
+def run_app(
+    typer_app: typer.Typer, prog: str, argv: list[str] | None, interrupted_hint: str = ""
+) -> int:
+    """Run a Typer app, turning errors into one line on stderr and an exit code.
+
+    Shared by `capbatch` and `capbatch-train`: CapbatchError -> its message and
+    code; bad options -> click's usage message, FATAL; anything unexpected -> one
+    line naming it (the traceback only with --debug).
+    """
     args = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in args
     try:
         # Non-standalone click returns a command's typer.Exit code instead of raising it.
-        result = app(args=args, prog_name="capbatch", standalone_mode=False)
+        result = typer_app(args=args, prog_name=prog, standalone_mode=False)
     except CapbatchError as exc:
         if debug:
             raise
-        typer.echo(f"capbatch: error: {exc}", err=True)
+        typer.echo(f"{prog}: error: {exc}", err=True)
         return int(exc.exit_code)
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
-    except typer.Abort:
-        typer.echo("capbatch: aborted", err=True)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo(f"{prog}: interrupted{interrupted_hint}", err=True)
         return int(ExitCode.INTERRUPTED)
     except Exception as exc:
         # Typer's (vendored) click reports bad options as exceptions with show().
@@ -59,11 +65,18 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         typer.echo(
-            f"capbatch: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            f"{prog}: internal error: {type(exc).__name__}: {exc} "
+            "(rerun with --debug for the traceback)",
             err=True,
         )
         return int(ExitCode.FATAL)
     return result if isinstance(result, int) else int(ExitCode.OK)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `capbatch`."""
+    _register_commands()
+    return run_app(app, "capbatch", argv)
 
 
 def run() -> None:

@@ -48,7 +48,15 @@ from .sources import (
     iter_sources,
     read_list,
 )
-from .writers import ROW_FIELDS, OutputLock, Row, format_for, open_writer, parts_dir_for
+from .writers import (
+    ROW_FIELDS,
+    OutputLock,
+    Row,
+    format_for,
+    open_writer,
+    parquet_schema,
+    parts_dir_for,
+)
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'capbatch[ray]'"
 PLAN_FILE = "plan.json"
@@ -339,22 +347,8 @@ def decode_item(item: dict, *, spec: dict) -> dict:
 
 
 def _output_schema(pa):
-    return pa.schema(
-        [
-            ("shard", pa.int64()),
-            ("end", pa.bool_()),
-            ("count", pa.int64()),
-            ("key", pa.string()),
-            ("path", pa.string()),
-            ("caption", pa.string()),
-            ("score", pa.float64()),
-            ("status", pa.string()),
-            ("error", pa.string()),
-            ("width", pa.int64()),
-            ("height", pa.int64()),
-            ("model_id", pa.string()),
-        ]
-    )
+    leading = [("shard", pa.int64()), ("end", pa.bool_()), ("count", pa.int64())]
+    return parquet_schema(pa, leading)
 
 
 class CaptionActor:

@@ -405,9 +405,12 @@ def _pyarrow():
     return pa, pc, pq
 
 
-def _parquet_schema(pa):
+def parquet_schema(pa, leading: Sequence[tuple] = ()):
+    """The Parquet schema of output rows; `leading` fields go first (the Ray engine's
+    shard bookkeeping)."""
     return pa.schema(
         [
+            *leading,
             ("key", pa.string()),
             ("path", pa.string()),
             ("caption", pa.string()),
@@ -453,7 +456,7 @@ class ParquetWriter:
         self.pa, self.pc, self.pq = _pyarrow()
         self.out = out
         self.parts = parts_dir_for(out)
-        self.schema = _parquet_schema(self.pa)
+        self.schema = parquet_schema(self.pa)
         self._closed = False
         if append and out.exists():
             _check_parquet_output(out, self.pq)
@@ -515,7 +518,7 @@ class ParquetWriter:
         if not keys:
             return 0
         pa, pc, pq = _pyarrow()
-        schema = _parquet_schema(pa)
+        schema = parquet_schema(pa)
         _merge_parquet(out, pa, pc, pq, schema)  # one file to filter, parts folded in
         if not out.exists():
             return 0

@@ -15,7 +15,8 @@ from typing import Annotated
 
 import typer
 
-from capbatch.errors import CapbatchError, ExitCode, UsageError
+from capbatch.cli import run_app
+from capbatch.errors import UsageError
 
 app = typer.Typer(
     name="capbatch-train",
@@ -225,36 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     # ~4x slower than 1 thread (measured); sleeping ones cost little when idle.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _register_scenes()
-    args = list(argv if argv is not None else sys.argv[1:])
-    debug = "--debug" in args
-    try:
-        app(args=args, prog_name="capbatch-train", standalone_mode=False)
-    except CapbatchError as exc:
-        if debug:
-            raise
-        typer.echo(f"capbatch-train: error: {exc}", err=True)
-        return int(exc.exit_code)
-    except typer.Exit as exc:
-        return int(exc.exit_code or 0)
-    except typer.Abort:
-        typer.echo("capbatch-train: aborted", err=True)
-        return int(ExitCode.INTERRUPTED)
-    except KeyboardInterrupt:
-        typer.echo("capbatch-train: interrupted (resume with --resume)", err=True)
-        return int(ExitCode.INTERRUPTED)
-    except Exception as exc:
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
-            exc.show()
-            return int(ExitCode.FATAL)
-        if debug:
-            raise
-        typer.echo(
-            f"capbatch-train: internal error: {type(exc).__name__}: {exc} "
-            "(rerun with --debug for the traceback)",
-            err=True,
-        )
-        return int(ExitCode.FATAL)
-    return int(ExitCode.OK)
+    return run_app(app, "capbatch-train", argv, interrupted_hint=" (resume with --resume)")
 
 
 def run() -> None:
