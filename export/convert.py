@@ -364,6 +364,10 @@ def _staging(destination: Path, overwrite: bool) -> Iterator[Path]:
     """A temp dir beside destination, renamed onto it when the block succeeds."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=destination.parent))
+    # mkdtemp makes 0700; a bundle is meant to be shared like any directory (umask applies).
+    umask = os.umask(0)
+    os.umask(umask)
+    staged.chmod(0o777 & ~umask)
     try:
         yield staged
         if destination.exists():

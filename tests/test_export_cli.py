@@ -116,6 +116,9 @@ def test_cli_writes_validated_bundle_and_int8_fp16_variants(tmp_path, capsys):
     assert code == 0, err
     assert f"wrote {out_dir}-int8" in out
     fp32 = verify_bundle(out_dir)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out_dir.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
     assert fp32["model_id"].startswith("tiny.v1-lite0-")
     assert fp32["validation"]["caption_agreement"] == 1.0
     for variant in ("fp16", "int8"):
