@@ -52,6 +52,14 @@ CONFIGS = {
         pretrained=True,
         overrides={"feature_taps": (1, 2, 4), "position_features": True},
     ),
+    # The shipped default model's options (capbatch/models/default/manifest.json "config")
+    # at the design's decoder sizes and vocabulary, so it compares with the other configs.
+    "lite0-default": BenchConfig(
+        "lite0-default",
+        "efficientnet_lite0",
+        pretrained=True,
+        overrides={"feature_taps": (1, 2, 4), "position_features": True, "colour_grid": 4},
+    ),
     # --tiny: small decoder, 64x64 images, random backbone; exports in seconds.
     "tiny": BenchConfig(
         "tiny",
