@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -216,6 +217,11 @@ def caption(
     """Caption images from files, folders and archives into CSV, JSONL, Parquet or sidecars."""
     from .captioner import Captioner
     from .pipeline import RunOptions, estimate_total, run_captioning, stop_on_signals
+
+    # Pillow warns about corrupt EXIF/TIFF tags and large images from the decode
+    # threads. Decoding already enforces its own pixel limit and turns real failures
+    # into error rows, so the warnings only tear through the progress display.
+    warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
 
     try:
         options = RunOptions(

@@ -272,3 +272,28 @@ def test_fatal_error_before_any_row_leaves_no_output(capsys, bundle, tmp_path):
     for _ in range(2):  # a header-only CSV from a run over nothing does not block a rerun
         code, _, _ = run_cli(capsys, "caption", empty, "--out", out, "--model", bundle, "-q")
         assert code == ExitCode.OK
+
+
+def test_pillow_warnings_do_not_reach_stderr(bundle, tmp_path):
+    """A JPEG with corrupt EXIF makes Pillow warn; the run captions it quietly."""
+    import subprocess
+    import sys
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    buffer = io.BytesIO()
+    corrupt_exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00\x12\x01\x03\x00\x01\x00"
+    Image.new("RGB", (40, 30), "red").save(buffer, "JPEG", exif=corrupt_exif)
+    (photos / "exif.jpg").write_bytes(buffer.getvalue())
+    out = tmp_path / "o.csv"
+    result = subprocess.run(
+        [sys.executable, "-W", "always", "-m", "capbatch", "caption", str(photos)]
+        + ["--out", str(out), "--model", str(bundle), "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert read_csv(out)[0]["status"] == "ok"
+    assert "EXIF" not in result.stderr and "Warning" not in result.stderr, result.stderr
