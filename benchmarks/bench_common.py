@@ -89,28 +89,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 def word_tokenizer_json(vocab: Sequence[str]) -> str:
     """A HF tokenizers WordLevel JSON for vocab (special tokens first)."""
-    added = [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-         "normalized": False, "special": True}
-        for i, t in enumerate(SPECIAL_TOKENS)
-    ]  # fmt: skip
-    return json.dumps(
-        {
-            "version": "1.0",
-            "truncation": None,
-            "padding": None,
-            "added_tokens": added,
-            "normalizer": {"type": "Lowercase"},
-            "pre_tokenizer": {"type": "Whitespace"},
-            "post_processor": None,
-            "decoder": None,
-            "model": {
-                "type": "WordLevel",
-                "vocab": {t: i for i, t in enumerate(vocab)},
-                "unk_token": "<unk>",
-            },
-        }
-    )
+    from capbatch.training.tokenizer import word_level_json
+
+    return word_level_json(vocab, SPECIAL_TOKENS)
 
 
 def bench_model_config(config: BenchConfig, max_len: int):

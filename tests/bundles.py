@@ -17,7 +17,6 @@ shared, so treat it as read-only (copy it before tampering).
 from __future__ import annotations
 
 import atexit
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -57,29 +56,9 @@ def tiny_vocab() -> list[str]:
 
 
 def tiny_tokenizer_json(vocab: list[str]) -> str:
-    """A HF tokenizers WordLevel JSON for vocab (written by hand: no tokenizers import)."""
-    added = [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-         "normalized": False, "special": True}
-        for i, t in enumerate(SPECIALS)
-    ]  # fmt: skip
-    return json.dumps(
-        {
-            "version": "1.0",
-            "truncation": None,
-            "padding": None,
-            "added_tokens": added,
-            "normalizer": {"type": "Lowercase"},
-            "pre_tokenizer": {"type": "Whitespace"},
-            "post_processor": None,
-            "decoder": None,
-            "model": {
-                "type": "WordLevel",
-                "vocab": {t: i for i, t in enumerate(vocab)},
-                "unk_token": "<unk>",
-            },
-        }
-    )
+    from capbatch.training.tokenizer import word_level_json
+
+    return word_level_json(vocab, SPECIALS)
 
 
 def tiny_images(size: int = TINY_IMAGE_SIZE) -> np.ndarray:

@@ -16,6 +16,8 @@ training metrics read captions exactly as the runtime will write them.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,34 @@ PAD, START, END, UNK = "[PAD]", "[START]", "[END]", "[UNK]"
 WORD_SPECIALS = (PAD, START, END, UNK)
 TOKENIZER_FILE = "tokenizer.json"
 DEFAULT_MAX_LEN = 30
+
+
+def word_level_json(vocab: Sequence[str], specials: Sequence[str]) -> str:
+    """HF tokenizers WordLevel JSON for a fixed vocab (specials first, the last one
+    is <unk>), written without importing tokenizers: for tests and benchmarks that
+    build checkpoints from a known word list."""
+    added = [
+        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+         "normalized": False, "special": True}
+        for i, t in enumerate(specials)
+    ]  # fmt: skip
+    return json.dumps(
+        {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": added,
+            "normalizer": {"type": "Lowercase"},
+            "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": None,
+            "decoder": None,
+            "model": {
+                "type": "WordLevel",
+                "vocab": {t: i for i, t in enumerate(vocab)},
+                "unk_token": specials[-1],
+            },
+        }
+    )
 
 
 @dataclass(frozen=True)
