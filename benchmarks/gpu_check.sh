@@ -9,7 +9,7 @@ out_dir="${1:-${OUT:-/tmp}}"
 mkdir -p "$out_dir"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out_dir/nvidia_smi.txt"
 # 450 s leaves the rest of the 8 minutes for start-up and copying results back.
-timeout 450 python benchmarks/gpu_check.py --out-json "$out_dir/gpu_check.json" "${@:2}"
+timeout "${GPU_CHECK_TIMEOUT:-450}" "${PYTHON:-python}" benchmarks/gpu_check.py --out-json "$out_dir/gpu_check.json" "${@:2}"
 status=$?
 [ -f "$out_dir/gpu_check.json" ] && cat "$out_dir/gpu_check.json"
 exit $status

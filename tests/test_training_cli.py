@@ -155,3 +155,40 @@ def test_fine_tuning_trains_only_the_unfrozen_stage_from_images(dataset, tmp_pat
         if k.startswith("encoder.stages.") and not torch.equal(v, saved["model"][k])
     }
     assert changed == {str(last)}
+
+
+def test_generated_scenes_select_checkpoints_on_semantic_accuracy(tmp_path, capsys):
+    """On scenes data, validation scores semantic accuracy; the figure it logs
+    is the one `eval` computes for the same checkpoint on the same images."""
+    from capbatch.training.cli import main
+    from capbatch.training.scenes import generate_dataset, load_splits
+
+    data = generate_dataset(tmp_path / "scenes", n=40, seed=5)
+    val_count = len(load_splits(data)["val"])
+    assert val_count >= 2
+    out = tmp_path / "run"
+    args = ["fit", "--data", str(data), "--out", str(out), "--epochs", "2", "--batch-size", "8"]
+    assert main([*args, "--no-progress", "--lr", "0.01", *SMALL]) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["select_on"] == "semantic"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(r) for r in records][0].count("val_semantic") == 1
+    assert all("val_bleu4" not in r for r in records)
+    best = max(records, key=lambda r: r["val_semantic"])
+    assert summary["best_metric"] == best["val_semantic"]
+
+    report = tmp_path / "report.json"
+    eval_args = ["eval", "--ckpt", str(out / "best.pt"), "--data", str(data), "--split", "val"]
+    assert main([*eval_args, "--beam", "1", "--out", str(report)]) == 0
+    scored = json.loads(report.read_text())["splits"]["val"]
+    assert scored["images"] == val_count
+    assert scored["semantic_accuracy"] == pytest.approx(best["val_semantic"])
+
+
+def test_select_on_semantic_needs_scene_facts(dataset, tmp_path, capsys):
+    from capbatch.training.cli import main
+
+    args = ["fit", "--data", str(dataset), "--out", str(tmp_path / "o"), "--select-on", "semantic"]
+    assert main([*args, *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "needs generated scenes (no scenes.jsonl" in err and err.count("\n") == 1

@@ -94,7 +94,8 @@ def test_run_writes_checkpoints_and_metrics(trained):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == list(range(1, 41))
     assert lines[-1]["train_loss"] < lines[0]["train_loss"] / 5
-    assert summary["best_bleu4"] == pytest.approx(1.0)
+    assert summary["select_on"] == "semantic"  # generated scenes: auto picks semantic
+    assert summary["best_metric"] == pytest.approx(1.0)
 
 
 def test_eval_reports_semantic_accuracy_for_test_and_test_novel(trained, tmp_path):

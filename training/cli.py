@@ -38,6 +38,12 @@ class Schedule(str, Enum):
     constant = "constant"
 
 
+class Selection(str, Enum):
+    auto = "auto"
+    bleu4 = "bleu4"
+    semantic = "semantic"
+
+
 def _taps(text: str) -> tuple[int, ...]:
     if not text.strip():
         return ()
@@ -97,6 +103,14 @@ def fit(
     ] = None,
     min_word_freq: int = 1,
     patience: Annotated[int, typer.Option(help="Early stopping patience in epochs (0 = off).")] = 5,
+    select_on: Annotated[
+        Selection,
+        typer.Option(
+            help="Validation metric for best.pt, LR plateaus and early stopping: semantic "
+            "accuracy (generated scenes) or BLEU-4; auto picks semantic when the data has "
+            "scenes.jsonl."
+        ),
+    ] = Selection.auto,
     val_images: Annotated[int, typer.Option(help="Validation images per epoch (0 = all).")] = 500,
     cache_dir: Annotated[
         Path | None, typer.Option(help="Feature cache root (default OUT/features).")
@@ -139,6 +153,7 @@ def fit(
         tokenizer=tokenizer,
         min_word_freq=min_word_freq,
         patience=patience,
+        select_on=select_on.value,
         val_images=val_images,
         cache_dir=cache_dir,
         seed=seed,

@@ -7,9 +7,10 @@ captions sit next to each other, so its attention projection and initial
 state are computed once per batch, not once per caption (the largest per-step
 cost on CPU after the LSTM).
 
-Per epoch: train, greedy-decode the validation images, BLEU-4, write
-last.pt (and best.pt when BLEU-4 improved), append a line to metrics.jsonl,
-stop early after `patience` epochs without improvement. Shuffling and dropout
+Per epoch: train, greedy-decode the validation images, score them (semantic
+accuracy on generated scenes, BLEU-4 otherwise: --select-on), write last.pt
+(and best.pt when the score improved), append a line to metrics.jsonl, stop
+early after `patience` epochs without improvement. Shuffling and dropout
 are seeded from (seed, epoch), so a resumed run continues the same sequence.
 Several processes (torchrun, WORLD_SIZE > 1) train with DDP; rank 0 validates
 and writes, and its BLEU-4 is broadcast so every rank takes the same decisions.
@@ -42,6 +43,10 @@ from .model import EncoderDecoder, build_model, caption_loss
 from .tokenizer import CaptionTokenizer, load_pretrained_tokenizer, train_word_tokenizer
 
 LR_SCHEDULES = ("plateau", "cosine", "constant")
+# What validation measures to pick best.pt, halve the LR and stop early:
+# "semantic" = fraction of captions whose parsed facts equal the scene's
+# (generated scenes only); BLEU-4 barely tracks it on short formulaic captions.
+SELECTION_METRICS = ("auto", "bleu4", "semantic")
 METRICS_FILE = "metrics.jsonl"
 BEST, LAST = "best.pt", "last.pt"
 
@@ -72,7 +77,8 @@ class TrainOptions:
     fine_tune_stages: int = 0
     tokenizer: Path | None = None  # local HF tokenizer dir; default: train a word tokenizer
     min_word_freq: int = 1
-    patience: int = 5  # early stopping: epochs without a better val BLEU-4 (0 = never stop)
+    patience: int = 5  # early stopping: epochs without a better val metric (0 = never stop)
+    select_on: str = "auto"  # auto: semantic when the data has scenes.jsonl, else bleu4
     val_images: int = 500  # validation images decoded per epoch (0 = all)
     cache_dir: Path | None = None  # default: OUT/features
     seed: int = 0
@@ -93,6 +99,8 @@ class TrainOptions:
             raise ValueError("batch_size must be >= 1")
         if self.lr <= 0 or self.encoder_lr <= 0:
             raise ValueError("learning rates must be > 0")
+        if self.select_on not in SELECTION_METRICS:
+            raise ValueError(f"select_on must be one of {SELECTION_METRICS}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}")
         if self.grad_clip < 0 or self.attention_weight < 0 or self.weight_decay < 0:
@@ -306,6 +314,7 @@ def _fit(options: TrainOptions) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     dataset = read_dataset(options.data)
+    select_on = selection_metric(options.select_on, Path(options.data))  # fail before the cache
     train_images = dataset.split(options.train_split)
     val_images = dataset.split(options.val_split) if options.val_split in dataset.splits else []
     if options.val_images:
@@ -343,6 +352,7 @@ def _fit(options: TrainOptions) -> dict:
         if not dist_info.main:
             cache = build_feature_cache(model.encoder, list(everything.items()), cache_root)
 
+    scorer = ValidationScorer(select_on, Path(options.data), val_images)
     table = caption_table(train_images, tokenizer, config.max_len)
     source = FeatureSource(model, train_images, cache, options.workers)
     val_source = FeatureSource(model, val_images, cache, options.workers)
@@ -368,12 +378,14 @@ def _fit(options: TrainOptions) -> dict:
         if scheduler is not None and resume.get("scheduler"):
             scheduler.load_state_dict(resume["scheduler"])
         start_epoch = int(resume["epoch"]) + 1
-        best = float(resume["extra"].get("best_bleu4", -1.0))
+        extra = resume["extra"]
+        best = float(extra.get("best_metric", extra.get("best_bleu4", -1.0)))
         stale = int(resume["extra"].get("stale_epochs", 0))
 
     summary = {
         "out": str(out),
-        "best_bleu4": best,
+        "select_on": select_on,
+        "best_metric": best,
         "epochs_run": 0,
         "stopped_early": False,
         "threads": threads,
@@ -430,22 +442,22 @@ def _fit(options: TrainOptions) -> dict:
             bar.close()
         train_seconds = time.perf_counter() - started
 
-        bleu4 = (
-            validate(model, tokenizer, val_source, val_images, device) if dist_info.main else 0.0
+        score = (
+            validate(model, tokenizer, val_source, scorer, device) if dist_info.main else 0.0
         )
-        bleu4 = _broadcast(bleu4, dist_info, device)
+        score = _broadcast(score, dist_info, device)
         if val_images:
             if scheduler is not None and options.lr_schedule == "plateau":
-                scheduler.step(bleu4)
-            improved = bleu4 > best
-            best, stale = (bleu4, 0) if improved else (best, stale + 1)
+                scheduler.step(score)
+            improved = score > best
+            best, stale = (score, 0) if improved else (best, stale + 1)
         else:
             improved, stale = True, 0  # nothing to validate on: best.pt follows last.pt
         record = {
             "epoch": epoch,
             "train_loss": loss_sum / max(1, loss_count),
-            "val_bleu4": bleu4,
-            "best_bleu4": best,
+            f"val_{select_on}": score,
+            "best_metric": best,
             "lr": optimizer.param_groups[0]["lr"],
             "train_seconds": round(train_seconds, 3),
             "captions_per_s": round(loss_count * dist_info.world / max(train_seconds, 1e-9), 1),
@@ -460,7 +472,8 @@ def _fit(options: TrainOptions) -> dict:
         }
         if dist_info.main:
             extra = {
-                "best_bleu4": best,
+                "select_on": select_on,
+                "best_metric": best,
                 "stale_epochs": stale,
                 "options": options.to_dict(),
                 "dataset": {"path": str(options.data), "layout": dataset.layout},
@@ -486,7 +499,7 @@ def _fit(options: TrainOptions) -> dict:
                 f.write(json.dumps(record) + "\n")
             if options.progress:
                 print(json.dumps(record), flush=True)
-        summary.update(best_bleu4=best, epochs_run=summary["epochs_run"] + 1, last=record)
+        summary.update(best_metric=best, epochs_run=summary["epochs_run"] + 1, last=record)
         if options.patience and stale >= options.patience:
             summary["stopped_early"] = True
             break
@@ -497,14 +510,49 @@ def _fit(options: TrainOptions) -> dict:
     return summary
 
 
+def selection_metric(requested: str, data: Path) -> str:
+    """The validation metric actually used (auto resolved against the dataset)."""
+    has_facts = (data / "scenes.jsonl").is_file()
+    if requested == "semantic" and not has_facts:
+        raise UsageError(
+            f"--select-on semantic needs generated scenes (no scenes.jsonl in {data})"
+        )
+    if requested == "auto":
+        return "semantic" if has_facts else "bleu4"
+    return requested
+
+
+class ValidationScorer:
+    """Scores greedy validation captions with the selection metric."""
+
+    def __init__(self, metric: str, data: Path, images: list[CaptionedImage]):
+        self.metric, self.images = metric, images
+        self.facts = None
+        if metric == "semantic" and images:
+            from .scenes import load_scene_facts
+
+            facts = load_scene_facts(data)
+            self.facts = [facts[im.name] for im in images]
+
+    def __call__(self, captions: list[str]) -> float:
+        if self.metric == "semantic":
+            from .scenes_grammar import semantic_accuracy
+
+            return semantic_accuracy(captions, self.facts)
+        hypotheses = {im.name: c for im, c in zip(self.images, captions, strict=True)}
+        references = {im.name: list(im.captions) for im in self.images}
+        return bleu_scores(hypotheses, references)[3]
+
+
 def validate(
     model: EncoderDecoder,
     tokenizer: CaptionTokenizer,
     source: FeatureSource,
-    images: list[CaptionedImage],
+    scorer: ValidationScorer,
     device: torch.device,
 ) -> float:
-    """Greedy BLEU-4 on the validation images (0.0 when there are none)."""
+    """Greedy-decode the validation images and score them (0.0 when there are none)."""
+    images = scorer.images
     if not images:
         return 0.0
     model.eval()
@@ -514,9 +562,7 @@ def validate(
             rows = np.arange(start, min(start + 64, len(images)))
             features = source.features(rows, device).float()  # (N, L, D)
             captions.extend(caption_features(model, tokenizer, features, beam=1))
-    hypotheses = {im.name: c for im, c in zip(images, captions, strict=True)}
-    references = {im.name: list(im.captions) for im in images}
-    return bleu_scores(hypotheses, references)[3]
+    return scorer(captions)
 
 
 def make_scheduler(optimizer, options: TrainOptions, steps_per_epoch: int):
