@@ -111,17 +111,22 @@ def test_encoder_has_static_padding(tmp_path):
 
 
 def test_feature_extras_export_and_validate(tmp_path):
-    """Taps, positions and the colour grid (the default model's options) export with
-    static pooling and pass validation, greedy captions included."""
+    """Taps, positions, the colour grid and the layout init (the default model's
+    options) export with static pooling and pass validation, greedy captions included."""
+    import torch
     from capbatch.export.convert import export_bundle
 
     from capbatch.manifest import verify_bundle
     from tests.bundles import make_tiny_checkpoint
 
     checkpoint = make_tiny_checkpoint(
-        tmp_path, feature_taps=(1, 2), position_features=True, colour_grid=2
+        tmp_path, feature_taps=(1, 2), position_features=True, colour_grid=2, layout_init=4
     )
+    # Trained away from its zero start, so validation compares a live layout branch.
+    weights = torch.load(checkpoint, weights_only=True)["model"]
+    assert weights["decoder.layout_h.weight"].abs().max() > 0
     manifest = verify_bundle(export_bundle(checkpoint, tmp_path / "bundle", validate=True))
+    assert manifest["config"]["layout_init"] == 4
     assert manifest["config"]["colour_grid"] == 2
     assert manifest["config"]["feature_taps"] == [1, 2]
     assert manifest["validation"]["caption_agreement"] == 1.0

@@ -177,3 +177,27 @@ def test_colour_grid_gives_each_region_its_own_colour_block(torch):
     assert torch.allclose(blocks[0, :, 1, 1], black, atol=1e-4)
     assert torch.allclose(blocks[48, :, 1, 1], blue, atol=1e-4)  # last region, last sub-block
     assert torch.allclose(blocks[48, :, 0, 0], black, atol=1e-4)
+
+
+def test_layout_init_starts_as_designed_and_sees_where_things_are(torch):
+    """Zero-initialised, the layout branch leaves h0/c0 as the design's (mean
+    feature); trained, it tells apart two scenes whose regions are swapped,
+    which the mean feature cannot."""
+    from capbatch.training.model import build_model
+
+    model = build_model(_config(layout_init=4), pretrained=False).eval()
+    decoder = model.decoder
+    features = torch.randn(2, model.config.num_regions, model.config.encoder_dim)
+    swapped = features.clone()
+    swapped[:, [0, -1]] = features[:, [-1, 0]]  # the same content, two regions exchanged
+    with torch.no_grad():
+        _, h0, c0 = decoder.init_state(features)
+        mean = features.mean(1)
+        assert torch.allclose(h0, decoder.init_h(mean)) and torch.allclose(c0, decoder.init_c(mean))
+        torch.nn.init.normal_(decoder.layout_h.weight)
+        torch.nn.init.normal_(decoder.layout_c.weight)
+        _, h_a, c_a = decoder.init_state(features)
+        _, h_b, c_b = decoder.init_state(swapped)
+    assert not torch.allclose(h_a, h_b, atol=1e-3) and not torch.allclose(c_a, c_b, atol=1e-3)
+    with pytest.raises(ValueError, match="layout_init"):
+        _config(layout_init=65)

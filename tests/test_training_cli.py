@@ -192,3 +192,33 @@ def test_select_on_semantic_needs_scene_facts(dataset, tmp_path, capsys):
     assert main([*args, *SMALL]) == 2
     err = capsys.readouterr().err
     assert "needs generated scenes (no scenes.jsonl" in err and err.count("\n") == 1
+
+
+def test_init_from_continues_a_checkpoint_with_a_layout_init(dataset, tmp_path, capsys):
+    """Phase two of a recipe: start from phase one's weights and tokenizer, add the
+    layout init; architecture options that disagree with the checkpoint are refused."""
+    import torch
+    from capbatch.training.checkpoint import load_checkpoint
+    from capbatch.training.cli import main
+
+    first, second = tmp_path / "one", tmp_path / "two"
+    common = ["--data", str(dataset), "--epochs", "1", "--batch-size", "4", "--no-progress"]
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["fit", "--out", str(first), *common, *cache, *SMALL]) == 0
+    start = first / "last.pt"
+    args = ["fit", "--out", str(second), *common, *cache, "--init-from", str(start)]
+    assert main([*args, "--layout-init", "4", "--lr", "0.01", "--threads", "1"]) == 0
+    capsys.readouterr()
+    before, after = load_checkpoint(start), load_checkpoint(second / "last.pt")
+    assert after["config"]["layout_init"] == 4
+    assert {**after["config"], "layout_init": 0} == before["config"]
+    assert after["tokenizer"] == before["tokenizer"]
+    assert after["model"]["decoder.layout_h.weight"].abs().max() > 0  # it trained
+    encoder_keys = [k for k in before["model"] if k.startswith("encoder.")]
+    assert all(torch.equal(before["model"][k], after["model"][k]) for k in encoder_keys)
+
+    bad = ["fit", "--out", str(tmp_path / "bad"), *common, "--init-from", str(start)]
+    assert main([*bad, "--decoder-dim", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "--init-from keeps the checkpoint's decoder_dim (32); got 64" in err
+    assert err.count("\n") == 1

@@ -98,6 +98,20 @@ def fit(
     fine_tune_stages: Annotated[
         int, typer.Option(help="Unfreeze the last N backbone stages (disables the cache).")
     ] = 0,
+    layout_init: Annotated[
+        int,
+        typer.Option(
+            help="Initial LSTM state also from each region projected to N values (0 = off)."
+        ),
+    ] = 0,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from this checkpoint's weights, tokenizer and architecture; only "
+            "--fine-tune-stages and --layout-init may change it (e.g. fine-tune, then "
+            "train the decoder on cached features)."
+        ),
+    ] = None,
     tokenizer: Annotated[
         Path | None, typer.Option(help="Local HF tokenizer directory (default: train one).")
     ] = None,
@@ -150,6 +164,8 @@ def fit(
         position_features=position_features,
         colour_grid=colour_grid,
         fine_tune_stages=fine_tune_stages,
+        layout_init=layout_init,
+        init_from=init_from,
         tokenizer=tokenizer,
         min_word_freq=min_word_freq,
         patience=patience,

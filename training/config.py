@@ -59,6 +59,11 @@ class ModelConfig:
     colour_grid: int = 0
     # Unfreeze the last N backbone stages (0 = frozen encoder, as designed).
     fine_tune_stages: int = 0
+    # Initial LSTM state also from a layout summary: each region projected to
+    # this many values, all regions flattened (0 = off: h0/c0 from the mean
+    # feature alone, as designed). The mean loses where things are; relations
+    # ("left of", "above") need it before the first object is even named.
+    layout_init: int = 0
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
@@ -79,6 +84,8 @@ class ModelConfig:
         if self.colour_grid not in (0, 1, 2, 4, 8):
             # k must divide the 32-pixel region so pooling has a fixed kernel.
             raise ValueError("colour_grid must be 0, 1, 2, 4 or 8")
+        if not 0 <= self.layout_init <= 64:
+            raise ValueError("layout_init must be in 0..64 values per region")
         if not 0 <= self.fine_tune_stages <= len(stages):
             raise ValueError(f"fine_tune_stages must be in 0..{len(stages)}")
         if self.vocab_size < 5:

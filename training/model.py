@@ -259,6 +259,16 @@ class Decoder(nn.Module):
         self.attention = Attention(d, config.decoder_dim, config.attention_dim)
         self.init_h = nn.Linear(d, config.decoder_dim)
         self.init_c = nn.Linear(d, config.decoder_dim)
+        if config.layout_init:
+            flat = config.num_regions * config.layout_init
+            self.layout = nn.Linear(d, config.layout_init)
+            self.layout_h = nn.Linear(flat, config.decoder_dim)
+            self.layout_c = nn.Linear(flat, config.decoder_dim)
+            # Zero: a decoder trained without the layout starts out unchanged
+            # when the layout is added (training continued with --init-from).
+            for layer in (self.layout_h, self.layout_c):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self.lstm = nn.LSTMCell(config.embed_dim + d, config.decoder_dim)
         self.dropout = nn.Dropout(config.dropout)
         self.fc = nn.Linear(config.decoder_dim, config.vocab_size)
@@ -267,7 +277,11 @@ class Decoder(nn.Module):
         """Per-image values that do not change across steps."""
         mean = features.mean(dim=1)  # (B, D)
         projected = self.attention.project(features)  # (B, L, att)
-        return projected, self.init_h(mean), self.init_c(mean)  # h0, c0: (B, dec)
+        h0, c0 = self.init_h(mean), self.init_c(mean)  # (B, dec) each
+        if self.config.layout_init:
+            layout = self.layout(features).flatten(1)  # (B, L * layout_init), region order
+            h0, c0 = h0 + self.layout_h(layout), c0 + self.layout_c(layout)
+        return projected, h0, c0
 
     def step(self, tokens, h, c, features, projected):
         """One attention + LSTMCell step: previous token (B,) -> logits (B, V)."""

@@ -25,7 +25,7 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,10 @@ class TrainOptions:
     position_features: bool = False
     colour_grid: int = 0
     fine_tune_stages: int = 0
+    layout_init: int = 0
+    # Start from this checkpoint's weights, tokenizer and architecture (a new
+    # optimizer and epoch count); only fine_tune_stages and layout_init may differ.
+    init_from: Path | None = None
     tokenizer: Path | None = None  # local HF tokenizer dir; default: train a word tokenizer
     min_word_freq: int = 1
     patience: int = 5  # early stopping: epochs without a better val metric (0 = never stop)
@@ -194,6 +198,7 @@ def make_config(options: TrainOptions, tokenizer: CaptionTokenizer) -> ModelConf
         position_features=options.position_features,
         colour_grid=options.colour_grid,
         fine_tune_stages=options.fine_tune_stages,
+        layout_init=options.layout_init,
         **tokenizer.specials.config_fields(),
     )
 
@@ -209,6 +214,43 @@ class CaptionTable:
     image_of: np.ndarray  # (C,) image row of caption c
     captions: list[list[int]]  # C lists of ids, [start] ... [end]
     pad_id: int
+
+
+# Fit options that set the architecture: with --init-from they must agree
+# with the checkpoint's config (or be left at their defaults).
+ARCHITECTURE_OPTIONS = (
+    "encoder", "embed_dim", "attention_dim", "decoder_dim", "max_len",
+    "feature_taps", "position_features", "colour_grid",
+)  # fmt: skip
+
+
+def continued_config(options: TrainOptions, saved: ModelConfig) -> ModelConfig:
+    """The checkpoint's config with the options that may change between phases."""
+    defaults = TrainOptions(data=options.data, out=options.out)
+    for name in ARCHITECTURE_OPTIONS:
+        given, kept = getattr(options, name), getattr(saved, name)
+        if given != getattr(defaults, name) and tuple_or_value(given) != tuple_or_value(kept):
+            raise UsageError(f"--init-from keeps the checkpoint's {name} ({kept!r}); got {given!r}")
+    if saved.layout_init and options.layout_init != saved.layout_init:
+        raise UsageError(f"--init-from: the checkpoint has layout_init {saved.layout_init}")
+    return replace(
+        saved, fine_tune_stages=options.fine_tune_stages, layout_init=options.layout_init
+    )
+
+
+def tuple_or_value(value):
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def load_continued_weights(model: EncoderDecoder, state: dict, path: Path) -> None:
+    """Load a checkpoint's weights; only the layout-init layers may be new (zero-initialised)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    new = [k for k in missing if not k.startswith("decoder.layout")]
+    if new or unexpected:
+        raise UsageError(
+            f"--init-from {path}: weights do not fit (missing {new[:3]}, unexpected "
+            f"{list(unexpected)[:3]})"
+        )
 
 
 def caption_table(
@@ -322,16 +364,26 @@ def _fit(options: TrainOptions) -> dict:
     resume = load_checkpoint(out / LAST) if options.resume and (out / LAST).is_file() else None
     if options.resume and resume is None:
         raise UsageError(f"--resume: no {out / LAST} to resume from")
+    start = load_checkpoint(options.init_from) if options.init_from and not resume else None
     tokenizer = (
-        CaptionTokenizer.from_checkpoint(resume)
-        if resume
+        CaptionTokenizer.from_checkpoint(resume or start)
+        if resume or start
         else make_tokenizer(options, train_images)
     )
     # A resumed run keeps the architecture it was started with.
-    config = config_from_checkpoint(resume) if resume else make_config(options, tokenizer)
-    model = build_model(config, options.encoder_weights, pretrained=options.pretrained)
+    if resume:
+        config = config_from_checkpoint(resume)
+    elif start:
+        config = continued_config(options, config_from_checkpoint(start))
+    else:
+        config = make_config(options, tokenizer)
+    model = build_model(
+        config, options.encoder_weights, pretrained=options.pretrained and not start
+    )
     if resume:
         model.load_state_dict(resume["model"], strict=True)
+    elif start:
+        load_continued_weights(model, start["model"], options.init_from)
     model.to(device)
 
     cache = None
@@ -442,9 +494,7 @@ def _fit(options: TrainOptions) -> dict:
             bar.close()
         train_seconds = time.perf_counter() - started
 
-        score = (
-            validate(model, tokenizer, val_source, scorer, device) if dist_info.main else 0.0
-        )
+        score = validate(model, tokenizer, val_source, scorer, device) if dist_info.main else 0.0
         score = _broadcast(score, dist_info, device)
         if val_images:
             if scheduler is not None and options.lr_schedule == "plateau":
@@ -514,9 +564,7 @@ def selection_metric(requested: str, data: Path) -> str:
     """The validation metric actually used (auto resolved against the dataset)."""
     has_facts = (data / "scenes.jsonl").is_file()
     if requested == "semantic" and not has_facts:
-        raise UsageError(
-            f"--select-on semantic needs generated scenes (no scenes.jsonl in {data})"
-        )
+        raise UsageError(f"--select-on semantic needs generated scenes (no scenes.jsonl in {data})")
     if requested == "auto":
         return "semantic" if has_facts else "bleu4"
     return requested
