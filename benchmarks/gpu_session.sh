@@ -12,7 +12,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/gpu-session}"
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
+# PYTHONSAFEPATH: run from the checkout, `python -m capbatch...` would otherwise
+# import the uninstalled capbatch/ folder (no capbatch.training) before /tmp/site.
+export PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
   --target /tmp/site . .whl/*.whl || exit 2
 export PYTHONPATH=/tmp/site PYTHON=python3
@@ -25,7 +27,7 @@ work=/tmp/default-repro
 STEPS="scenes fit" FIT_TIMEOUT="${FIT_TIMEOUT:-330}" WORKERS="$(nproc)" \
   bash training/reproduce_default.sh "$work" 2>&1 | tee "$out/train.log" | grep -v "^$" | tail -40
 # At most 8 files come back: the logs travel inside the split tar.
-mv "$out/gpu_check.log" "$out/train.log" "$work/run/" 2>/dev/null
-(cd "$work/run" && tar -cf - best.pt metrics.jsonl gpu_check.log train.log) |
+mv "$out/gpu_check.log" "$out/train.log" "$work/finetune/" 2>/dev/null
+(cd "$work/finetune" && tar -cf - best.pt metrics.jsonl gpu_check.log train.log) |
   split -b 15M - "$out/run.tar.part-"
 ls -la "$out"
