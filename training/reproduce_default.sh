@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-runs/default-repro}"
-steps="${STEPS:-scenes fit eval export}"
+steps="${STEPS:-scenes fit decoder eval export}"
 scenes="${SCENES:-10000}"
 epochs="${EPOCHS:-18}"
 decoder_epochs="${DECODER_EPOCHS:-4}"
@@ -73,6 +73,6 @@ if has_step eval; then
 fi
 
 if has_step export; then
-  "$python" -m capbatch.cli export --ckpt "$work/run/best.pt" --out "$work/bundle" \
+  "$python" -m capbatch export --ckpt "$work/run/best.pt" --out "$work/bundle" \
     --name scenes --overwrite --validate-images samples
 fi
