@@ -136,7 +136,7 @@ def evaluate(options: EvalOptions) -> dict:
     if dataset.scenes_file and options.split == "test" and "test_novel" in dataset.splits:
         splits.append("test_novel")
     cache_root = options.cache_dir or Path(options.checkpoint).parent / "features"
-    facts = _scene_facts(dataset.root) if dataset.scenes_file else None
+    facts = scene_facts(dataset.root) if dataset.scenes_file else None
     report: dict = {
         "checkpoint": str(options.checkpoint),
         "data": str(options.data),
@@ -157,7 +157,7 @@ def evaluate(options: EvalOptions) -> dict:
         result.update(caption_metrics(hypotheses, references, meteor=options.meteor))
         if facts is not None:
             truths = [facts[im.name] for im in images]
-            result["semantic_accuracy"] = _semantic_accuracy(captions, truths)
+            result["semantic_accuracy"] = semantic_accuracy_of(captions, truths)
             # Which fact the wrong captions got wrong (colour, shape, relation, ...).
             result["mismatches"] = _scenes_module().mismatch_counts(captions, truths)
         result["examples"] = [
@@ -185,7 +185,7 @@ def caption_images(
     return caption_features(model, tokenizer, features, options.beam, options.batch_size)
 
 
-def _scene_facts(root: Path) -> dict:
+def scene_facts(root: Path) -> dict:
     """image name -> true facts, read by the generated-scenes module itself."""
     return _scenes_module().load_scene_facts(root)
 
@@ -200,5 +200,5 @@ def _scenes_module():
     return scenes
 
 
-def _semantic_accuracy(captions: list[str], facts: list) -> float:
+def semantic_accuracy_of(captions: list[str], facts: list) -> float:
     return float(_scenes_module().semantic_accuracy(captions, facts))

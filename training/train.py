@@ -37,7 +37,7 @@ from capbatch.errors import UsageError
 from .checkpoint import config_from_checkpoint, load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .data import CaptionDataset, CaptionedImage, read_dataset
-from .evaluate import bleu_scores, caption_features
+from .evaluate import bleu_scores, caption_features, scene_facts, semantic_accuracy_of
 from .features import FeatureCache, build_feature_cache, load_images
 from .model import EncoderDecoder, build_model, caption_loss
 from .tokenizer import CaptionTokenizer, load_pretrained_tokenizer, train_word_tokenizer
@@ -224,22 +224,24 @@ ARCHITECTURE_OPTIONS = (
 )  # fmt: skip
 
 
-def continued_config(options: TrainOptions, saved: ModelConfig) -> ModelConfig:
+def continued_config(
+    options: TrainOptions, saved: ModelConfig, tokenizer: CaptionTokenizer
+) -> ModelConfig:
     """The checkpoint's config with the options that may change between phases."""
-    defaults = TrainOptions(data=options.data, out=options.out)
+    # Through make_config, so given and default values are normalised like saved ones.
+    given = make_config(options, tokenizer)
+    default = make_config(TrainOptions(data=options.data, out=options.out), tokenizer)
     for name in ARCHITECTURE_OPTIONS:
-        given, kept = getattr(options, name), getattr(saved, name)
-        if given != getattr(defaults, name) and tuple_or_value(given) != tuple_or_value(kept):
-            raise UsageError(f"--init-from keeps the checkpoint's {name} ({kept!r}); got {given!r}")
+        wanted, kept = getattr(given, name), getattr(saved, name)
+        if wanted != getattr(default, name) and wanted != kept:
+            raise UsageError(
+                f"--init-from keeps the checkpoint's {name} ({kept!r}); got {wanted!r}"
+            )
     if saved.layout_init and options.layout_init != saved.layout_init:
         raise UsageError(f"--init-from: the checkpoint has layout_init {saved.layout_init}")
     return replace(
         saved, fine_tune_stages=options.fine_tune_stages, layout_init=options.layout_init
     )
-
-
-def tuple_or_value(value):
-    return tuple(value) if isinstance(value, list | tuple) else value
 
 
 def load_continued_weights(model: EncoderDecoder, state: dict, path: Path) -> None:
@@ -356,7 +358,7 @@ def _fit(options: TrainOptions) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     dataset = read_dataset(options.data)
-    select_on = selection_metric(options.select_on, Path(options.data))  # fail before the cache
+    select_on = selection_metric(options.select_on, dataset)  # fail before the cache
     train_images = dataset.split(options.train_split)
     val_images = dataset.split(options.val_split) if options.val_split in dataset.splits else []
     if options.val_images:
@@ -374,7 +376,7 @@ def _fit(options: TrainOptions) -> dict:
     if resume:
         config = config_from_checkpoint(resume)
     elif start:
-        config = continued_config(options, config_from_checkpoint(start))
+        config = continued_config(options, config_from_checkpoint(start), tokenizer)
     else:
         config = make_config(options, tokenizer)
     model = build_model(
@@ -404,7 +406,7 @@ def _fit(options: TrainOptions) -> dict:
         if not dist_info.main:
             cache = build_feature_cache(model.encoder, list(everything.items()), cache_root)
 
-    scorer = ValidationScorer(select_on, Path(options.data), val_images)
+    scorer = ValidationScorer(select_on, dataset, val_images)
     table = caption_table(train_images, tokenizer, config.max_len)
     source = FeatureSource(model, train_images, cache, options.workers)
     val_source = FeatureSource(model, val_images, cache, options.workers)
@@ -560,11 +562,13 @@ def _fit(options: TrainOptions) -> dict:
     return summary
 
 
-def selection_metric(requested: str, data: Path) -> str:
+def selection_metric(requested: str, dataset: CaptionDataset) -> str:
     """The validation metric actually used (auto resolved against the dataset)."""
-    has_facts = (data / "scenes.jsonl").is_file()
+    has_facts = dataset.scenes_file is not None
     if requested == "semantic" and not has_facts:
-        raise UsageError(f"--select-on semantic needs generated scenes (no scenes.jsonl in {data})")
+        raise UsageError(
+            f"--select-on semantic needs generated scenes (no scenes.jsonl in {dataset.root})"
+        )
     if requested == "auto":
         return "semantic" if has_facts else "bleu4"
     return requested
@@ -573,20 +577,16 @@ def selection_metric(requested: str, data: Path) -> str:
 class ValidationScorer:
     """Scores greedy validation captions with the selection metric."""
 
-    def __init__(self, metric: str, data: Path, images: list[CaptionedImage]):
+    def __init__(self, metric: str, dataset: CaptionDataset, images: list[CaptionedImage]):
         self.metric, self.images = metric, images
         self.facts = None
         if metric == "semantic" and images:
-            from .scenes import load_scene_facts
-
-            facts = load_scene_facts(data)
+            facts = scene_facts(dataset.root)
             self.facts = [facts[im.name] for im in images]
 
     def __call__(self, captions: list[str]) -> float:
         if self.metric == "semantic":
-            from .scenes_grammar import semantic_accuracy
-
-            return semantic_accuracy(captions, self.facts)
+            return semantic_accuracy_of(captions, self.facts)
         hypotheses = {im.name: c for im, c in zip(self.images, captions, strict=True)}
         references = {im.name: list(im.captions) for im in self.images}
         return bleu_scores(hypotheses, references)[3]
