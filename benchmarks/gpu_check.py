@@ -77,6 +77,18 @@ def sync(torch, device: str) -> None:
         torch.cuda.synchronize()
 
 
+def seconds_per_call(torch, fn, repeats: int, device: str) -> float:
+    """Mean wall time of fn() after 2 warm-up calls, the device synchronised."""
+    for _ in range(2):
+        fn()
+    sync(torch, device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(torch, device)
+    return (time.perf_counter() - start) / repeats
+
+
 def inference_rate(torch, model, batch: int, steps: int, repeats: int, device: str, amp: bool):
     size = model.config.preprocess.size
     images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, device=device)
@@ -91,14 +103,7 @@ def inference_rate(torch, model, batch: int, steps: int, repeats: int, device: s
                 logits, h, c, _ = model.decoder.step(tokens, h, c, features, projected)
                 tokens = torch.log_softmax(logits.float(), -1).argmax(-1)  # (B,)
 
-    run()
-    run()
-    sync(torch, device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    sync(torch, device)
-    return batch * repeats / (time.perf_counter() - start)
+    return batch / seconds_per_call(torch, run, repeats, device)
 
 
 def training_step_ms(torch, model, caption_loss, batch: int, repeats: int, device: str):
@@ -121,15 +126,9 @@ def training_step_ms(torch, model, caption_loss, batch: int, repeats: int, devic
         scaler.step(optimizer)
         scaler.update()
 
-    for _ in range(2):
-        step()
-    sync(torch, device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    sync(torch, device)
+    ms = 1e3 * seconds_per_call(torch, step, repeats, device)
     model.eval()
-    return 1e3 * (time.perf_counter() - start) / repeats
+    return ms
 
 
 def guarded(report: dict, key: str, fn) -> None:
