@@ -1,9 +1,10 @@
 """A verified model bundle: manifest, vocab and the two ONNX sessions.
 
-Loading order matters: the manifest is read and every file's sha256 checked
-BEFORE any session is created, so a tampered graph is never parsed. Then the
-sessions' own input/output names are checked against the manifest, and the
-vocab against the step graph's output size.
+Loading order matters: the manifest is schema-checked and every file's sha256
+checked BEFORE any session is created (capbatch/manifest.py), so a tampered graph
+is never parsed, and the sessions are created from the very bytes that were
+hashed. Then the sessions' own input/output names are checked against the
+manifest, and the vocab against the step graph's output size.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from .decoding import ArrayStepModel, RowState, StepModel, StepOutput
 from .errors import BundleError, MissingDependencyError, UsageError
-from .manifest import verify_bundle
+from .manifest import GraphEntry, Manifest, VerifiedBundle, open_verified
 from .preprocess import PreprocessSpec
 from .providers import CUDA, choose_providers, cpu_thread_count, fallback_warning
 from .vocab import Vocab
@@ -28,12 +29,17 @@ from .vocab import Vocab
 DEFAULT_BUNDLE_DIR = Path(__file__).parent / "models" / "default"
 
 # The graph contract of docs/bundle-format.md: what the runtime needs, beyond
-# which a bundle may carry extra outputs (topk_*).
+# which a bundle may carry extra outputs (topk_*). A torch-free copy of the names
+# declared in export/specs.py (the runtime does not import the exporter);
+# tests/test_bundle.py checks that the two are equal.
 ENCODER_INPUTS = ("images",)
 ENCODER_OUTPUTS = ("features", "projected", "h0", "c0")
 STEP_INPUTS = ("tokens", "h", "c", "features", "projected")
 STEP_OUTPUTS = ("log_probs", "h_out", "c_out", "alpha")
-SPECIAL_TOKENS = ("pad", "start", "end", "unk")
+# The same names one by one, for the feeds and IO bindings below.
+(IMAGES,) = ENCODER_INPUTS
+TOKENS, H, C, FEATURES, PROJECTED = STEP_INPUTS
+LOG_PROBS, H_OUT, C_OUT, ALPHA = STEP_OUTPUTS
 # Most images per encoder.run on CPU (see Bundle.encode).
 ENCODER_CHUNK = 16
 
@@ -74,19 +80,26 @@ class Encoded:
 @dataclass
 class Bundle:
     path: Path
-    manifest: dict
+    manifest: Manifest
     vocab: Vocab
-    preprocess: PreprocessSpec
-    max_len: int
-    start_id: int
-    end_id: int
     encoder: Any = field(repr=False)  # onnxruntime.InferenceSession
     decoder_step: Any = field(repr=False)
     providers: list[str] = field(default_factory=list)  # what the sessions actually run
+    # From the manifest; plain fields so a benchmark can disable <end> (end_id = -1).
+    preprocess: PreprocessSpec = field(init=False)
+    max_len: int = field(init=False)
+    start_id: int = field(init=False)
+    end_id: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.preprocess = self.manifest.preprocess
+        self.max_len = self.manifest.max_len
+        self.start_id = self.manifest.special_tokens.start
+        self.end_id = self.manifest.special_tokens.end
 
     @property
     def model_id(self) -> str:
-        return str(self.manifest.get("model_id", "unknown"))
+        return self.manifest.model_id
 
     @property
     def on_cuda(self) -> bool:
@@ -102,7 +115,7 @@ class Bundle:
         """
         chunk = images.shape[0] if self.on_cuda else ENCODER_CHUNK
         parts = [
-            self.encoder.run(list(ENCODER_OUTPUTS), {"images": images[i : i + chunk]})
+            self.encoder.run(list(ENCODER_OUTPUTS), {IMAGES: images[i : i + chunk]})
             for i in range(0, max(1, images.shape[0]), chunk)
         ]
         if len(parts) == 1:
@@ -128,21 +141,21 @@ class Bundle:
             # features/projected were cast to the graph's dtypes once per batch (below);
             # h/c come back from the graph in its own dtype, so these casts are no-ops.
             feeds = {
-                "tokens": as_input(tokens, "tokens"),
-                "h": as_input(h, "h"),
-                "c": as_input(c, "c"),
-                "features": features,
-                "projected": projected,
+                TOKENS: as_input(tokens, TOKENS),
+                H: as_input(h, H),
+                C: as_input(c, C),
+                FEATURES: features,
+                PROJECTED: projected,
             }
             log_probs, h_out, c_out, alpha = session.run(list(STEP_OUTPUTS), feeds)
             return log_probs.astype(np.float32, copy=False), h_out, c_out, alpha
 
         return ArrayStepModel(
             run_step,
-            as_input(encoded.features, "features"),  # (B, L, D)
-            as_input(encoded.projected, "projected"),  # (B, L, A)
-            as_input(encoded.h0, "h"),  # (B, H)
-            as_input(encoded.c0, "c"),  # (B, H)
+            as_input(encoded.features, FEATURES),  # (B, L, D)
+            as_input(encoded.projected, PROJECTED),  # (B, L, A)
+            as_input(encoded.h0, H),  # (B, H)
+            as_input(encoded.c0, C),  # (B, H)
             start_id=self.start_id,
             end_id=self.end_id,
         )
@@ -187,8 +200,8 @@ class BoundStepModel:
         key = images.tobytes()
         if key != self._cache_key or self._rows_inputs is None:
             self._rows_inputs = (
-                self._to_device(self._encoded.features[images], "features"),  # (R, L, D)
-                self._to_device(self._encoded.projected[images], "projected"),  # (R, L, A)
+                self._to_device(self._encoded.features[images], FEATURES),  # (R, L, D)
+                self._to_device(self._encoded.projected[images], PROJECTED),  # (R, L, A)
             )
             self._cache_key = key
         return self._rows_inputs
@@ -196,21 +209,21 @@ class BoundStepModel:
     def initial_state(self) -> RowState:
         images = np.arange(self.num_images, dtype=np.int64)
         return RowState(
-            images, self._to_device(self._encoded.h0, "h"), self._to_device(self._encoded.c0, "c")
+            images, self._to_device(self._encoded.h0, H), self._to_device(self._encoded.c0, C)
         )
 
     def step(self, tokens: np.ndarray, state: RowState) -> StepOutput:
         features, projected = self._features_for(state.images)
         binding = self._session.io_binding()
-        binding.bind_cpu_input("tokens", tokens.astype(self._dtypes["tokens"], copy=False))
-        binding.bind_ortvalue_input("h", state.h)
-        binding.bind_ortvalue_input("c", state.c)
-        binding.bind_ortvalue_input("features", features)
-        binding.bind_ortvalue_input("projected", projected)
-        binding.bind_output("log_probs", "cpu")
-        binding.bind_output("h_out", self._device_type, self._device_id)
-        binding.bind_output("c_out", self._device_type, self._device_id)
-        binding.bind_output("alpha", "cpu")
+        binding.bind_cpu_input(TOKENS, tokens.astype(self._dtypes[TOKENS], copy=False))
+        binding.bind_ortvalue_input(H, state.h)
+        binding.bind_ortvalue_input(C, state.c)
+        binding.bind_ortvalue_input(FEATURES, features)
+        binding.bind_ortvalue_input(PROJECTED, projected)
+        binding.bind_output(LOG_PROBS, "cpu")
+        binding.bind_output(H_OUT, self._device_type, self._device_id)
+        binding.bind_output(C_OUT, self._device_type, self._device_id)
+        binding.bind_output(ALPHA, "cpu")
         self._session.run_with_iobinding(binding)
         # get_outputs() follows the order of the bind_output calls above.
         log_probs, h_out, c_out, alpha = binding.get_outputs()
@@ -228,8 +241,8 @@ class BoundStepModel:
         # h/c are small (R, H): a host round trip is cheaper than a gather graph.
         return RowState(
             state.images[rows],
-            self._to_device(state.h.numpy()[rows], "h"),
-            self._to_device(state.c.numpy()[rows], "c"),
+            self._to_device(state.h.numpy()[rows], H),
+            self._to_device(state.c.numpy()[rows], C),
         )
 
 
@@ -259,46 +272,90 @@ def _session_options(ort, on_cpu: bool, intra_op_threads: int | None = None):
     return options
 
 
-def _graph_entry(manifest: dict, key: str) -> dict:
-    graph = manifest.get("graphs", {}).get(key)
-    if not isinstance(graph, dict) or "file" not in graph:
-        raise BundleError(f"manifest has no graphs.{key} entry with a file")
-    if graph["file"] not in manifest["files"]:
-        raise BundleError(
-            f"graphs.{key}.file {graph['file']!r} is not listed (and hashed) in files"
-        )
-    return graph
-
-
-def check_graph_io(key: str, session, graph: dict, needed_in, needed_out) -> None:
+def check_graph_io(graph: GraphEntry, session, needed_in, needed_out) -> None:
     """The session's own names must equal the manifest's and cover the runtime contract."""
     session_in = [i.name for i in session.get_inputs()]
     session_out = [o.name for o in session.get_outputs()]
     problems = []
-    if sorted(session_in) != sorted(graph.get("inputs", [])):
-        problems.append(f"inputs {session_in} != manifest {graph.get('inputs')}")
-    if not set(graph.get("outputs", [])) <= set(session_out):
-        problems.append(f"outputs {session_out} lack manifest {graph.get('outputs')}")
+    if sorted(session_in) != sorted(graph.inputs):
+        problems.append(f"inputs {session_in} != manifest {list(graph.inputs)}")
+    if not set(graph.outputs) <= set(session_out):
+        problems.append(f"outputs {session_out} lack manifest {list(graph.outputs)}")
     missing = [n for n in needed_in if n not in session_in]
     missing += [n for n in needed_out if n not in session_out]
     if missing:
         problems.append(f"missing required {missing}")
     if problems:
-        raise BundleError(f"{key} graph I/O does not match: " + "; ".join(problems))
+        raise BundleError(f"{graph.key} graph I/O does not match: " + "; ".join(problems))
 
 
-def _read_vocab(bundle_dir: Path, manifest: dict, special_ids: frozenset[int]) -> Vocab:
-    entry = manifest.get("vocab") or {}
-    name = entry.get("file", "vocab.json")
-    if name not in manifest["files"]:
-        raise BundleError(f"vocab file {name!r} is not listed (and hashed) in files")
+def _parse_vocab(verified: VerifiedBundle) -> Vocab:
+    manifest = verified.manifest
+    name = manifest.vocab.file
     try:
-        tokens = json.loads((bundle_dir / name).read_text(encoding="utf-8"))
+        tokens = json.loads(verified.contents[name].decode("utf-8"))
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             raise ValueError("expected a JSON list of strings")
-        return Vocab(tuple(tokens), entry.get("style", "word"), special_ids)
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"bundle vocab {name}: {exc}") from exc
+        vocab = Vocab(tuple(tokens), manifest.vocab.style, manifest.special_tokens.ids)
+    except (ValueError, RecursionError) as exc:
+        raise BundleError(f"bundle vocab {name}: {exc or 'nested too deeply'}") from exc
+    for token, index in manifest.special_tokens.items():
+        # An <end> outside the vocab is never emitted (every caption runs to max_len).
+        if index >= len(vocab):
+            raise BundleError(
+                f"special token {token} id {index} is outside the vocab ({len(vocab)} tokens)"
+            )
+    return vocab
+
+
+@dataclass(frozen=True)
+class BundleFacts:
+    """What a driver needs from a bundle without loading it (no sessions, no GPU)."""
+
+    path: Path
+    model_id: str
+    preprocess: PreprocessSpec
+
+
+def bundle_facts(path: str | Path | None = None) -> BundleFacts:
+    """model_id and preprocessing of a verified bundle (None = the default model).
+
+    Every file is hashed as load_bundle would, so the id a driver records is that
+    of an intact bundle; no onnxruntime session is created.
+    """
+    bundle_dir = resolve_bundle_dir(path)
+    manifest = open_verified(bundle_dir, load=False).manifest
+    return BundleFacts(bundle_dir, manifest.model_id, manifest.preprocess)
+
+
+def _create_sessions(verified: VerifiedBundle, device: str, intra_op_threads: int | None):
+    """Both sessions from the verified bytes; also returns the providers asked for."""
+    ort = import_onnxruntime()
+    requested = choose_providers(device, ort.get_available_providers())
+    if CUDA in requested and hasattr(ort, "preload_dlls"):
+        try:  # CUDA/cuDNN from pip wheels; harmless when they are elsewhere
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - the fallback check below reports the outcome
+            pass
+    options = _session_options(ort, CUDA not in requested, intra_op_threads)
+    sessions = []
+    for graph in verified.manifest.graphs:
+        try:
+            with warnings.catch_warnings():
+                # onnxruntime warns about providers it lacks; we report the outcome once.
+                warnings.simplefilter("ignore")
+                sessions.append(
+                    ort.InferenceSession(
+                        # The hashed bytes, never the path: a file swapped since is not loaded.
+                        verified.contents[graph.file],
+                        sess_options=options,
+                        providers=requested,
+                    )
+                )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"cannot load {graph.file}: {first}") from exc
+    return sessions, requested
 
 
 def load_bundle(
@@ -319,51 +376,13 @@ def load_bundle(
     ):
         raise UsageError(f"intra_op_threads must be an integer >= 1, got {intra_op_threads!r}")
     bundle_dir = resolve_bundle_dir(path)
-    manifest = verify_bundle(bundle_dir)  # sha256 of every file, before any session
-    try:
-        preprocess = PreprocessSpec(**manifest["preprocess"])
-        special = manifest["special_tokens"]
-        special_ids = frozenset(int(special[k]) for k in SPECIAL_TOKENS)
-        start_id, end_id = int(special["start"]), int(special["end"])
-        max_len = int(manifest.get("max_len") or manifest["config"]["max_len"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"manifest of {bundle_dir} is incomplete: {exc!r}") from exc
-    encoder_entry = _graph_entry(manifest, "encoder")
-    step_entry = _graph_entry(manifest, "decoder_step")
-    vocab = _read_vocab(bundle_dir, manifest, special_ids)
-    for name in SPECIAL_TOKENS:
-        # An <end> outside the vocab is never emitted (every caption runs to max_len);
-        # a negative <start> would silently index from the end of the embedding.
-        if not 0 <= int(special[name]) < len(vocab):
-            raise BundleError(
-                f"special token {name} id {special[name]} is outside the vocab ({len(vocab)} tokens)"
-            )
-
-    ort = import_onnxruntime()
-    requested = choose_providers(device, ort.get_available_providers())
-    if CUDA in requested and hasattr(ort, "preload_dlls"):
-        try:  # CUDA/cuDNN from pip wheels; harmless when they are elsewhere
-            ort.preload_dlls()
-        except Exception:  # noqa: BLE001 - the fallback check below reports the outcome
-            pass
-    options = _session_options(ort, CUDA not in requested, intra_op_threads)
-    sessions = []
-    for entry in (encoder_entry, step_entry):
-        try:
-            with warnings.catch_warnings():
-                # onnxruntime warns about providers it lacks; we report the outcome once.
-                warnings.simplefilter("ignore")
-                sessions.append(
-                    ort.InferenceSession(
-                        str(bundle_dir / entry["file"]), sess_options=options, providers=requested
-                    )
-                )
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise BundleError(f"cannot load {entry['file']}: {str(exc).splitlines()[0]}") from exc
-    encoder, step = sessions
-    check_graph_io("encoder", encoder, encoder_entry, ENCODER_INPUTS, ENCODER_OUTPUTS)
-    check_graph_io("decoder_step", step, step_entry, STEP_INPUTS, STEP_OUTPUTS)
-    _check_shapes(encoder, step, preprocess, vocab)
+    verified = open_verified(bundle_dir)  # schema, links, sha256, external data: before sessions
+    manifest = verified.manifest
+    vocab = _parse_vocab(verified)
+    (encoder, step), requested = _create_sessions(verified, device, intra_op_threads)
+    check_graph_io(manifest.encoder, encoder, ENCODER_INPUTS, ENCODER_OUTPUTS)
+    check_graph_io(manifest.decoder_step, step, STEP_INPUTS, STEP_OUTPUTS)
+    _check_shapes(encoder, step, manifest.preprocess, vocab)
 
     active = list(step.get_providers())
     message = fallback_warning(requested, active)
@@ -373,10 +392,6 @@ def load_bundle(
         path=bundle_dir,
         manifest=manifest,
         vocab=vocab,
-        preprocess=preprocess,
-        max_len=max_len,
-        start_id=start_id,
-        end_id=end_id,
         encoder=encoder,
         decoder_step=step,
         providers=active,
@@ -384,7 +399,7 @@ def load_bundle(
 
 
 def _check_shapes(encoder, step, preprocess: PreprocessSpec, vocab: Vocab) -> None:
-    images = next(i for i in encoder.get_inputs() if i.name == "images")
+    images = next(i for i in encoder.get_inputs() if i.name == IMAGES)
     if images.type != "tensor(uint8)":
         raise BundleError(f"encoder input images is {images.type}, expected tensor(uint8)")
     spatial = [d for d in images.shape[1:3] if isinstance(d, int)]
@@ -393,7 +408,7 @@ def _check_shapes(encoder, step, preprocess: PreprocessSpec, vocab: Vocab) -> No
             f"encoder expects {images.shape[1]}x{images.shape[2]} images but the manifest's "
             f"preprocess size is {preprocess.size}"
         )
-    log_probs = next(o for o in step.get_outputs() if o.name == "log_probs")
+    log_probs = next(o for o in step.get_outputs() if o.name == LOG_PROBS)
     size = log_probs.shape[-1] if log_probs.shape else None
     if isinstance(size, int) and size != len(vocab):
         raise BundleError(f"vocab has {len(vocab)} tokens but the step graph scores {size}")
