@@ -13,8 +13,9 @@ import typer
 
 from .cli import app
 from .errors import MissingDependencyError
+from .export.specs import DEFAULT_OPSET, MIN_OPSET, VALIDATION_BATCHES  # torch-free
 
-EXPORT_EXAMPLES = """\
+EXPORT_EXAMPLES = f"""\
 Examples:
 
   capbatch export --ckpt runs/scenes/best.pt --out models/scenes
@@ -26,8 +27,8 @@ Examples:
 
   capbatch export --ckpt best.pt --out models/scenes --no-validate --overwrite
 
-Validation (default on) compares ONNX Runtime with PyTorch at batch sizes 1, 3
-and 7 and requires identical greedy captions. Exit code 2 on any error.
+Validation (default on) compares ONNX Runtime with PyTorch at batch sizes
+{", ".join(map(str, VALIDATION_BATCHES))} and requires identical greedy captions. Exit code 2 on any error.
 """
 
 EXTRA_HINT = (
@@ -58,7 +59,9 @@ def export(
     int8: Annotated[
         bool, typer.Option("--int8", help="Also write OUT-int8 (dynamic int8, for CPUs).")
     ] = False,
-    opset: Annotated[int, typer.Option("--opset", min=17, help="ONNX opset.")] = 17,
+    opset: Annotated[
+        int, typer.Option("--opset", min=MIN_OPSET, help="ONNX opset.")
+    ] = DEFAULT_OPSET,
     validate: Annotated[
         bool, typer.Option("--validate/--no-validate", help="Check ORT against PyTorch.")
     ] = True,

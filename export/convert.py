@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from capbatch.training.checkpoint import load_checkpoint, model_from_checkpoint
 
-from capbatch.errors import ExportError
-from capbatch.manifest import sha256_file
+from capbatch.errors import BundleError, ExportError
+from capbatch.manifest import open_verified, sha256_file
 
 from .manifest import (
     build_manifest,
@@ -122,6 +122,12 @@ def export_bundle(
             model_name=name,
         )
         write_manifest(bundle, manifest)
+        try:
+            # The runtime's own checks (schema, hashes, self-contained graphs), so
+            # export never renames into place a bundle `capbatch caption` would refuse.
+            open_verified(bundle, load=False)
+        except BundleError as exc:
+            raise ExportError(f"the {variant} bundle does not verify: {exc}") from exc
 
     with ExitStack() as stack:
         # Every destination is staged up front and renamed only when all succeeded.

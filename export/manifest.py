@@ -15,12 +15,12 @@ from capbatch.training.config import ModelConfig
 from capbatch import __version__
 from capbatch.errors import CheckpointError
 from capbatch.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, sha256_file
+from capbatch.vocab import VOCAB_STYLES
 
 from .specs import ENCODER, GraphSpec
 
 VOCAB_FILE = "vocab.json"
 TOKENIZER_FILE = "tokenizer.json"
-VOCAB_STYLES = ("word", "wordpiece")
 ENCODER_SHORT_NAMES = {"resnet50": "r50", "efficientnet_lite0": "lite0"}
 
 

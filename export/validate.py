@@ -19,11 +19,18 @@ from capbatch.decoding import ArrayStepModel, DecodingOptions, Hypothesis
 from capbatch.decoding import greedy_decode as greedy_decode_numpy
 from capbatch.errors import ExportError
 from capbatch.preprocess import PreprocessSpec, preprocess_image
+from capbatch.sources import IMAGE_EXTENSIONS
 
-from .specs import ENCODER, VALIDATION_BATCHES, VALIDATION_STEPS, GraphSpec, decoder_step_spec
+from .specs import (
+    DECODER_STEP,
+    ENCODER,
+    VALIDATION_BATCHES,
+    VALIDATION_STEPS,
+    GraphSpec,
+    decoder_step_spec,
+)
 from .wrappers import DecoderStepGraph, EncoderGraph
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 GENERATED_IMAGES = 8
 
 
@@ -54,9 +61,15 @@ def ort_session(path: Path):
 def validation_images(spec: PreprocessSpec, image_dir: Path | None = None) -> np.ndarray:
     """(N, S, S, 3) uint8: the images in image_dir (sorted), else generated scenes."""
     if image_dir is not None:
-        paths = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        # The runtime's list: a folder `capbatch caption` reads is a folder export reads.
+        paths = sorted(
+            p for p in Path(image_dir).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
+        )
         if not paths:
-            raise ExportError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
+            raise ExportError(
+                f"no images (.jpg, .png, .webp and {len(IMAGE_EXTENSIONS) - 3} more "
+                f"extensions) in {image_dir}"
+            )
         arrays = []
         for path in paths:
             try:
@@ -164,13 +177,12 @@ def validate_graphs(
     with torch.inference_mode():
         for batch in batches:
             pixels = _batch_of(images, batch)
-            encoded = encoder_session.run(None, {"images": pixels})
+            encoded = encoder_session.run(None, _encoder_feeds(pixels))
             encoder_diffs.add(encoded, encoder_graph(torch.from_numpy(pixels)), batch)
             features, projected, h, c = encoded
             tokens = np.full((batch,), start_id, dtype=np.int64)
             for _ in range(steps):
-                feeds = {"tokens": tokens, "h": h, "c": c, "features": features,
-                         "projected": projected}  # fmt: skip
+                feeds = _step_feeds(tokens, h, c, features, projected)
                 outputs = step_session.run(None, feeds)
                 reference = step_graph(*(torch.from_numpy(feeds[n]) for n in step_spec.input_names))
                 step_diffs.add(outputs, reference, batch)
@@ -195,17 +207,27 @@ def ort_greedy(
     encoder_session, step_session, images: np.ndarray, *, start_id: int, end_id: int, max_len: int
 ) -> list[Hypothesis]:
     """The runtime's own greedy loop (capbatch.decoding) over the two sessions."""
-    features, projected, h0, c0 = encoder_session.run(None, {"images": images})
+    features, projected, h0, c0 = encoder_session.run(None, _encoder_feeds(images))
     model = ArrayStepModel(
         _step_function(step_session), features, projected, h0, c0, start_id=start_id, end_id=end_id
     )
     return greedy_decode_numpy(model, DecodingOptions(beam_size=1, max_len=max_len))
 
 
+def _encoder_feeds(images: np.ndarray) -> dict[str, np.ndarray]:
+    return dict(zip(ENCODER.input_names, (images,), strict=True))
+
+
+def _step_feeds(*inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """(tokens, h, c, features, projected) keyed by the step graph's input names."""
+    return dict(zip(DECODER_STEP.input_names, inputs, strict=True))
+
+
 def _step_function(step_session):
     def run(tokens, h, c, features, projected):
-        feeds = {"tokens": tokens, "h": h, "c": c, "features": features, "projected": projected}
-        return tuple(step_session.run(["log_probs", "h_out", "c_out", "alpha"], feeds))
+        feeds = _step_feeds(tokens, h, c, features, projected)
+        # The four outputs every step graph has (log_probs, h_out, c_out, alpha).
+        return tuple(step_session.run(DECODER_STEP.output_names, feeds))
 
     return run
 
@@ -220,7 +242,7 @@ def forced_gap(
     start_id: int,
 ) -> float:
     """|log p(a) - log p(b)| at the step after `prefix`, teacher-forced through ORT."""
-    features, projected, h, c = encoder_session.run(None, {"images": image[None]})
+    features, projected, h, c = encoder_session.run(None, _encoder_feeds(image[None]))
     run = _step_function(step_session)
     for token in [start_id, *prefix]:
         log_probs, h, c, _ = run(np.array([token], dtype=np.int64), h, c, features, projected)
