@@ -28,7 +28,6 @@ from .vocab import VOCAB_STYLES
 FORMAT = "capbatch-bundle"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
-GRAPH_KEYS = ("encoder", "decoder_step")
 SPECIAL_TOKENS = ("pad", "start", "end", "unk")
 DEFAULT_VOCAB_FILE = "vocab.json"
 # Far above any real manifest (~4 KB), far below what could hurt to parse.

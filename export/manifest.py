@@ -14,12 +14,19 @@ from capbatch.training.config import ModelConfig
 
 from capbatch import __version__
 from capbatch.errors import CheckpointError
-from capbatch.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, sha256_file
+from capbatch.manifest import (
+    DEFAULT_VOCAB_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    SPECIAL_TOKENS,
+    sha256_file,
+)
 from capbatch.vocab import VOCAB_STYLES
 
 from .specs import ENCODER, GraphSpec
 
-VOCAB_FILE = "vocab.json"
+VOCAB_FILE = DEFAULT_VOCAB_FILE
 TOKENIZER_FILE = "tokenizer.json"
 ENCODER_SHORT_NAMES = {"resnet50": "r50", "efficientnet_lite0": "lite0"}
 
@@ -108,12 +115,8 @@ def build_manifest(
         "variant": variant,
         "config": config.to_dict(),
         "preprocess": config.preprocess.to_dict(),
-        "special_tokens": {
-            "pad": config.pad_id,
-            "start": config.start_id,
-            "end": config.end_id,
-            "unk": config.unk_id,
-        },
+        # ModelConfig's <name>_id fields, under the names the runtime reads.
+        "special_tokens": {name: getattr(config, f"{name}_id") for name in SPECIAL_TOKENS},
         "max_len": config.max_len,
         "vocab": {"file": VOCAB_FILE, "style": vocab_style},
         "graphs": {

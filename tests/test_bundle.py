@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from capbatch import bundle as bundle_module
-from capbatch.bundle import load_bundle, resolve_bundle_dir
+from capbatch.bundle import bundle_facts, load_bundle, resolve_bundle_dir
 from capbatch.errors import BundleError, UsageError
+from capbatch.manifest import VocabEntry, read_manifest
+from capbatch.onnx_scan import MalformedGraph, escapes_directory, external_tensors
+from capbatch.preprocess import PreprocessSpec
 from capbatch.providers import (
     CPU,
     CUDA,
@@ -161,3 +166,172 @@ def test_io_bound_step_model_matches_the_array_one(fake_bundle, beam_size):
     for b, p in zip(bound, plain):
         np.testing.assert_allclose(b.token_logprobs, p.token_logprobs, atol=1e-6)
         np.testing.assert_allclose(b.alphas, p.alphas, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- one declaration
+
+
+def test_runtime_graph_names_equal_the_export_specs():
+    # capbatch keeps a torch-free copy of export/specs.py's names; they must not drift.
+    from capbatch.export.specs import DECODER_STEP, ENCODER
+
+    assert bundle_module.ENCODER_INPUTS == tuple(ENCODER.input_names)
+    assert bundle_module.ENCODER_OUTPUTS == tuple(ENCODER.output_names)
+    assert bundle_module.STEP_INPUTS == tuple(DECODER_STEP.input_names)
+    assert bundle_module.STEP_OUTPUTS == tuple(DECODER_STEP.output_names)
+
+
+def test_manifest_graph_keys_and_files_equal_the_export_specs(fake_bundle):
+    from capbatch.export.specs import DECODER_STEP, ENCODER
+
+    manifest = read_manifest(fake_bundle)
+    assert [(g.key, g.file) for g in manifest.graphs] == [
+        (ENCODER.key, ENCODER.file),
+        (DECODER_STEP.key, DECODER_STEP.file),
+    ]
+
+
+# --------------------------------------------------------------------------- typed manifest
+
+
+def test_manifest_is_read_once_into_frozen_fields(fake_bundle):
+    manifest = read_manifest(fake_bundle)
+    assert manifest.model_id == "fake-0"
+    assert manifest.preprocess == PreprocessSpec(size=32)
+    assert manifest.special_tokens.ids == frozenset({0, 1, 2, 3})
+    assert manifest.max_len == 8
+    assert manifest.decoder_step.inputs == ("tokens", "h", "c", "features", "projected")
+    assert manifest.vocab == VocabEntry("vocab.json", "word")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        manifest.max_len = 3
+    with pytest.raises(TypeError):
+        manifest.files["vocab.json"] = "0" * 64
+
+
+def test_max_len_falls_back_to_the_config_of_older_manifests(fake_bundle):
+    manifest = read_manifest_json(fake_bundle)
+    del manifest["max_len"]
+    manifest["config"]["max_len"] = 5
+    write_manifest(fake_bundle, manifest)
+    assert load_bundle(fake_bundle, "cpu").max_len == 5
+
+
+def test_bundle_facts_verifies_without_creating_sessions(fake_bundle, monkeypatch):
+    def no_sessions():
+        raise AssertionError("bundle_facts created a session")
+
+    monkeypatch.setattr(bundle_module, "import_onnxruntime", no_sessions)
+    facts = bundle_facts(fake_bundle)
+    assert (facts.model_id, facts.preprocess.size, facts.path) == ("fake-0", 32, fake_bundle)
+    with open(fake_bundle / "vocab.json", "ab") as handle:
+        handle.write(b" ")
+    with pytest.raises(BundleError, match="vocab.json: sha256 mismatch"):
+        bundle_facts(fake_bundle)
+
+
+# --------------------------------------------------------------------------- what is loaded
+
+
+def test_sessions_load_the_verified_bytes_not_a_file_swapped_after_hashing(
+    fake_bundle, tmp_path, monkeypatch
+):
+    import onnxruntime
+
+    other = make_fake_bundle(tmp_path / "other", seed=1)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    pristine = load_bundle(fake_bundle, "cpu").encode(images).features
+    assert not np.allclose(pristine, load_bundle(other, "cpu").encode(images).features)
+
+    real_session = onnxruntime.InferenceSession
+
+    def swap_then_load(model, *args, **kwargs):
+        # The race of issue 18: the graph is replaced between the hash and the load.
+        shutil.copy(other / "encoder.onnx", fake_bundle / "encoder.onnx")
+        return real_session(model, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", swap_then_load)
+    loaded = load_bundle(fake_bundle, "cpu")
+    np.testing.assert_array_equal(loaded.encode(images).features, pristine)
+
+
+def _with_external_tensor(graph) -> None:
+    """Mark the graph's first initializer as stored in an external file."""
+    from onnx import TensorProto
+
+    tensor = graph.initializer[0]
+    tensor.data_location = TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "weights.bin"
+
+
+def test_scanner_finds_external_tensors_in_nested_graphs_and_constants():
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(name):
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["w"], [f"{name}_out"])],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [1])],
+            [numpy_helper.from_array(np.zeros(1, np.float32), "w")],
+        )
+        return graph
+
+    then_branch, else_branch = branch("then"), branch("else")
+    constant = numpy_helper.from_array(np.ones(1, np.float32), "k")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["k"], value=constant),
+            helper.make_node(
+                "If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch
+            ),
+        ],
+        "outer",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph)
+    assert external_tensors(model.SerializeToString()) == []
+    _with_external_tensor(model.graph.node[1].attribute[1].g)  # one If branch
+    value = model.graph.node[0].attribute[0].t
+    value.data_location = TensorProto.EXTERNAL
+    found = external_tensors(model.SerializeToString())
+    assert sorted(t.name for t in found) == ["k", "w"]
+    assert {t.location for t in found} == {"weights.bin", ""}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x0a\xff\xff\xff\xff", b"\x3a\x10short", b"\x3f", b"\x0a" + b"\xff" * 11],
+    ids=["truncated-varint", "field-past-end", "group-wire-type", "overlong-varint"],
+)
+def test_scanner_refuses_malformed_bytes(data):
+    with pytest.raises(MalformedGraph):
+        external_tensors(data)
+
+
+def test_scanner_bounds_nesting_without_recursion():
+    # graph -> node -> attribute -> graph ... far deeper than any real model.
+    message = b""
+    for field_number in [6, 5, 1] * 400:  # attribute.g, node.attribute, graph.node
+        message = bytes([(field_number << 3) | 2]) + _varint(len(message)) + message
+    with pytest.raises(MalformedGraph, match="nested deeper"):
+        external_tensors(bytes([(7 << 3) | 2]) + _varint(len(message)) + message)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+@pytest.mark.parametrize(
+    "location,outside",
+    [("w.bin", False), ("sub/w.bin", False), ("../w.bin", True), ("/etc/passwd", True),
+     ("sub/../../w.bin", True), ("..\\w.bin", True), ("C:/w.bin", True)],
+)  # fmt: skip
+def test_external_locations_that_leave_the_bundle(location, outside):
+    assert escapes_directory(location) is outside
