@@ -58,7 +58,8 @@ class BundleDir:
 
     def links(self) -> list[str]:
         """Names of the symbolic links directly inside the bundle."""
-        with os.scandir(self._fd if self._fd is not None else self.path) as entries:
+        by_fd = self._fd is not None and os.scandir in os.supports_fd
+        with os.scandir(self._fd if by_fd else self.path) as entries:
             return sorted(entry.name for entry in entries if entry.is_symlink())
 
     def _open(self, name: str) -> int | None:
