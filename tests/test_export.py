@@ -130,3 +130,22 @@ def test_feature_extras_export_and_validate(tmp_path):
     assert manifest["config"]["colour_grid"] == 2
     assert manifest["config"]["feature_taps"] == [1, 2]
     assert manifest["validation"]["caption_agreement"] == 1.0
+
+
+def test_validation_images_are_the_files_capbatch_caption_reads(tmp_path):
+    # One extension list: .ppm and .tga are images to `capbatch caption`, so to export too.
+    from capbatch.export.validate import validation_images
+    from PIL import Image
+
+    from capbatch.errors import ExportError
+    from capbatch.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec(size=32)
+    with pytest.raises(ExportError, match="no images"):
+        validation_images(spec, tmp_path)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.ppm")
+    Image.new("RGB", (20, 50), (10, 200, 10)).save(tmp_path / "b.TGA")
+    (tmp_path / "notes.txt").write_text("not an image")
+    images = validation_images(spec, tmp_path)
+    assert images.shape == (2, 32, 32, 3)
+    assert images[0, 0, 0].tolist() == [200, 10, 10] and images[1, 0, 0].tolist() == [10, 200, 10]
