@@ -21,7 +21,7 @@ import numpy as np
 
 from .decoding import ArrayStepModel, RowState, StepModel, StepOutput
 from .errors import BundleError, MissingDependencyError, UsageError
-from .manifest import GraphEntry, Manifest, VerifiedBundle, open_verified
+from .manifest import MANIFEST_FILE, GraphEntry, Manifest, VerifiedBundle, open_verified
 from .preprocess import PreprocessSpec
 from .providers import CUDA, choose_providers, cpu_thread_count, fallback_warning
 from .vocab import Vocab
@@ -252,7 +252,7 @@ class BoundStepModel:
 def resolve_bundle_dir(path: str | Path | None) -> Path:
     if path is not None:
         return Path(path)
-    if not (DEFAULT_BUNDLE_DIR / "manifest.json").is_file():
+    if not (DEFAULT_BUNDLE_DIR / MANIFEST_FILE).is_file():
         raise BundleError("no default model is installed; pass --model DIR (a bundle directory)")
     return DEFAULT_BUNDLE_DIR
 
@@ -297,8 +297,10 @@ def _parse_vocab(verified: VerifiedBundle) -> Vocab:
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             raise ValueError("expected a JSON list of strings")
         vocab = Vocab(tuple(tokens), manifest.vocab.style, manifest.special_tokens.ids)
-    except (ValueError, RecursionError) as exc:
-        raise BundleError(f"bundle vocab {name}: {exc or 'nested too deeply'}") from exc
+    except RecursionError:  # "[[[[..." deeper than the JSON parser's stack
+        raise BundleError(f"bundle vocab {name}: nested too deeply") from None
+    except ValueError as exc:  # bad UTF-8 or JSON, not a list of strings, empty
+        raise BundleError(f"bundle vocab {name}: {exc}") from exc
     for token, index in manifest.special_tokens.items():
         # An <end> outside the vocab is never emitted (every caption runs to max_len).
         if index >= len(vocab):

@@ -102,14 +102,25 @@ class BundleDir:
         fd = self._open(name)
         if fd is None:
             return None
-        digest = hashlib.sha256()
         with os.fdopen(fd, "rb") as handle:
             try:
-                while chunk := handle.read(_CHUNK):
-                    digest.update(chunk)
+                return _sha256_stream(handle)
             except OSError as exc:
                 raise FileProblem(f"{name}: unreadable ({exc.strerror})") from None
-        return digest.hexdigest()
+
+
+def _sha256_stream(handle) -> str:
+    """Hex sha256 read in chunks, so large files do not fill memory."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of any file (the exporter hashes checkpoints and what it wrote)."""
+    with open(path, "rb") as handle:
+        return _sha256_stream(handle)
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -3,15 +3,14 @@
 Shared by the exporter (which writes the hashes and re-verifies what it wrote)
 and the runtime loader, so there is one implementation of "what a manifest
 holds". Every problem is one BundleError line; nothing downstream reads the
-manifest as a plain dict by key. File integrity (hashes, links, external data)
-reading lives in capbatch/integrity.py; the functions at the end join the two:
+manifest as a plain dict by key. Reading files safely (hashes, links, external
+data) lives in capbatch/integrity.py; the functions at the end join the two:
 read_manifest (schema only), open_verified (the verified bytes to load) and
 verify_bundle (is this bundle intact, for `capbatch info` and the Ray driver).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -21,7 +20,13 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import BundleError
-from .integrity import BundleDir, FileProblem, check_self_contained, sha256_bytes
+from .integrity import (  # noqa: F401 - sha256_file is re-exported: export/ imports it here
+    BundleDir,
+    FileProblem,
+    check_self_contained,
+    sha256_bytes,
+    sha256_file,
+)
 from .preprocess import PreprocessSpec
 from .vocab import VOCAB_STYLES
 
@@ -37,16 +42,6 @@ MAX_NESTING = 32
 # Keys shown by `capbatch info` as key=value lists: objects when present.
 DISPLAY_OBJECTS = ("config", "metrics", "tools", "validation")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: Path | str) -> str:
-    """Hex sha256 of a file, read in chunks so large files do not fill memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

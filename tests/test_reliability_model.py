@@ -136,8 +136,9 @@ def test_vocab_that_does_not_fit_the_graph(capsys, bundle, image, tmp_path):
     assert "vocab has 12 tokens but the step graph scores 14" in message
 
 
-def test_vocab_that_is_not_a_token_list(capsys, bundle, image, tmp_path):
-    (bundle / "vocab.json").write_text(json.dumps({"red": 4}))
+@pytest.mark.parametrize("text", [json.dumps({"red": 4}), "[" * 100_000, "[]", "\udcff"])
+def test_vocab_that_is_not_a_token_list(capsys, bundle, image, tmp_path, text):
+    (bundle / "vocab.json").write_bytes(text.encode("utf-8", "surrogateescape"))
     rehash(bundle, "vocab.json")
     assert "bundle vocab vocab.json" in refused(capsys, image, bundle, tmp_path / "o.csv")
 
