@@ -84,18 +84,9 @@ def export_bundle(
     ExportError (ValidationError, VariantAgreementError) when export or
     validation fails; nothing is left at a destination on failure.
     """
-    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-        # The id lands in every output row and file name: keep it plain.
-        raise ExportError(f"--name must be letters, digits, '.', '_' or '-' (got {name!r})")
-    if opset < MIN_OPSET:
-        raise ExportError(
-            f"opset {opset} is too old: LSTMCell/attention export needs >= {MIN_OPSET}"
-        )
     out_dir = Path(out_dir)
     targets = [out_dir] + [variant_dir(out_dir, v) for v, on in zip(VARIANTS, (fp16, int8)) if on]
-    for target in targets:
-        if target.exists() and not overwrite:
-            raise ExportError(f"{target} already exists (pass --overwrite to replace it)")
+    _check_arguments(name, opset, targets, overwrite)
     ckpt_path = Path(ckpt_path)
     checkpoint = load_checkpoint(ckpt_path)
     model = export_copy(model_from_checkpoint(checkpoint))
@@ -122,12 +113,7 @@ def export_bundle(
             model_name=name,
         )
         write_manifest(bundle, manifest)
-        try:
-            # The runtime's own checks (schema, hashes, self-contained graphs), so
-            # export never renames into place a bundle `capbatch caption` would refuse.
-            open_verified(bundle, load=False)
-        except BundleError as exc:
-            raise ExportError(f"the {variant} bundle does not verify: {exc}") from exc
+        _verify_written(bundle, variant)
 
     with ExitStack() as stack:
         # Every destination is staged up front and renamed only when all succeeded.
@@ -135,11 +121,7 @@ def export_bundle(
         encoder_path, step_path = export_graphs(model, staged, opset=opset, top_k=top_k)
         validation = None
         if validate:
-            validation = validate_graphs(model, encoder_path, step_path, images, top_k=top_k)
-            tie_gap = 2 * step_spec.outputs[0].tolerance_for(0.0)
-            validation.update(
-                validate_captions(model, encoder_path, step_path, images, tie_gap=tie_gap)
-            )
+            validation = _validate(model, encoder_path, step_path, images, top_k)
         finish(staged, "fp32", validation)
         reference = _greedy(staged, images, config) if (fp16 or int8) else []
 
@@ -166,6 +148,38 @@ def export_bundle(
                 },
             )
     return out_dir
+
+
+def _check_arguments(name: str | None, opset: int, targets: list[Path], overwrite: bool) -> None:
+    """What can be refused before the checkpoint is even read."""
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        # The id lands in every output row and file name: keep it plain.
+        raise ExportError(f"--name must be letters, digits, '.', '_' or '-' (got {name!r})")
+    if opset < MIN_OPSET:
+        raise ExportError(
+            f"opset {opset} is too old: LSTMCell/attention export needs >= {MIN_OPSET}"
+        )
+    for target in targets:
+        if target.exists() and not overwrite:
+            raise ExportError(f"{target} already exists (pass --overwrite to replace it)")
+
+
+def _validate(model, encoder_path: Path, step_path: Path, images, top_k: int) -> dict:
+    """ORT vs PyTorch: names, shapes and values, then identical greedy captions."""
+    validation = validate_graphs(model, encoder_path, step_path, images, top_k=top_k)
+    # Near-ties: log_probs within twice their tolerance of each other.
+    tie_gap = 2 * decoder_step_spec(top_k).outputs[0].tolerance_for(0.0)
+    validation.update(validate_captions(model, encoder_path, step_path, images, tie_gap=tie_gap))
+    return validation
+
+
+def _verify_written(bundle: Path, variant: str) -> None:
+    """The runtime's own checks (schema, hashes, self-contained graphs), so export
+    never renames into place a bundle `capbatch caption` would refuse."""
+    try:
+        open_verified(bundle, load=False)
+    except BundleError as exc:
+        raise ExportError(f"the {variant} bundle does not verify: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- graphs
