@@ -340,7 +340,9 @@ def test_debug_keeps_every_exit_code(capsys, bundle, photos, tmp_path, args, exp
         assert "Traceback" in debug and "Traceback" not in plain
 
 
-def test_debug_keeps_the_exit_code_of_an_internal_error(capsys, bundle, photos, tmp_path, monkeypatch):
+def test_debug_keeps_the_exit_code_of_an_internal_error(
+    capsys, bundle, photos, tmp_path, monkeypatch
+):
     from capbatch import captioner
 
     def broken(*args, **kwargs):
