@@ -26,7 +26,6 @@ from .preprocess import PreprocessSpec, preprocess_image, upright_size
 from .providers import parse_device
 from .rows import ERROR, OK
 
-
 ImageItem = str | Path | bytes | Image.Image | np.ndarray
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from capbatch.cli import main
 from capbatch.errors import ExitCode
-from capbatch.writers import OutputLock
+from capbatch.output_lock import OutputLock
 from tests.runtime_fakes import make_fake_bundle
 from tests.test_captioner import REPO, run_without_torch
 
