@@ -17,11 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from capbatch.captioner import Captioner
-from capbatch.cli import main
-from capbatch.errors import ExitCode, UsageError
 from capbatch.pipeline import RunOptions, run_captioning
 from capbatch.ray_engine import (
     DONE_FILE,
@@ -35,6 +30,11 @@ from capbatch.ray_engine import (
     plan_shards,
     run_on_ray,
 )
+from PIL import Image
+
+from capbatch.captioner import Captioner
+from capbatch.cli import main
+from capbatch.errors import ExitCode, UsageError
 from tests.runtime_fakes import make_fake_bundle
 
 REPO = Path(__file__).resolve().parent.parent
