@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -291,3 +293,31 @@ def test_caption_dataset_inside_a_ray_program(ray_local, bundle, inputs, monkeyp
         context.execution_options.preserve_order = False
     expected[2]["path"] = str(inputs / names[2])
     assert rows == expected
+
+
+@needs_ray
+def test_interrupted_job_resumes_to_the_same_rows_on_both_engines(
+    ray_local, bundle, inputs, monkeypatch
+):
+    """One job (a folder with a broken and a Latin-1-named image, a tar shard, a list
+    file with a missing path), stopped after its first batch and resumed, on each
+    engine: both end with the uninterrupted run's rows, and both resumes skip
+    exactly the rows the first run wrote (per key, even mid-shard on Ray)."""
+    monkeypatch.chdir(inputs)
+    job = RunOptions(inputs=("photos", "shard-000.tar"), from_list="list.txt")
+    whole = local_rows(bundle, inputs / "whole.jsonl", inputs=job.inputs, from_list="list.txt")
+    captioner = Captioner(bundle, device="cpu", batch_size=4)
+    model = CaptionerArgs(str(bundle), device="cpu", batch_size=4)
+    engines = {
+        "local": lambda options, **kw: run_captioning(captioner, replace(options, workers=1), **kw),
+        "ray": lambda options, **kw: run_on_ray(options, model, RayOptions(shard_size=2), **kw),
+    }
+    for name, run in engines.items():
+        options = replace(job, out=inputs / f"{name}.jsonl")
+        stop = threading.Event()
+        first = run(options, stop=stop, on_progress=lambda _, stop=stop: stop.set())
+        assert first.interrupted and 0 < first.processed < len(whole), name
+        resumed = run(replace(options, resume=True))
+        assert resumed.skipped == first.processed, name
+        assert resumed.exit_code == ExitCode.SOME_FAILED, name  # broken.jpg, missing.png
+        assert read_rows(options.out) == whole, name
