@@ -238,12 +238,13 @@ def test_resume_skips_finished_shards(ray_local, bundle, inputs, monkeypatch):
     assert (first.shards, first.shards_done) == (2, 2)
     assert read_rows(inputs / "ray.parquet") == expected
 
-    # As if the run had died after shard 0: shard 1 neither recorded nor written (a
-    # shard cut short mid-way is in test_interrupted_job_resumes_to_the_same_rows...).
+    # As if the run had died in shard 1, after 3 of its 8 rows: not recorded as done,
+    # no merged file yet.
     layout = OutputLayout.for_output(options.out, None)
     done_path = layout.shards_dir / DONE_FILE
     done_path.write_text(done_path.read_text().splitlines(keepends=True)[0])
-    layout.shard_file(1).unlink()
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pq.read_table(layout.shard_file(1)).slice(0, 3), layout.shard_file(1))
     (inputs / "ray.parquet").unlink()
     # Shard 0's archive is gone: reading it again would give an error row, not captions.
     (inputs / "shard-000.tar").rename(inputs / "moved.tar")
@@ -253,8 +254,9 @@ def test_resume_skips_finished_shards(ray_local, bundle, inputs, monkeypatch):
     resumed = run_on_ray(
         RunOptions(inputs=args, out=options.out, resume=True), model, RayOptions(shard_size=3)
     )
-    assert (resumed.shards_skipped, resumed.shards_done, resumed.skipped) == (1, 1, 4)
-    assert resumed.processed == len(expected) - 4
+    # Per key: shard 0 whole (4 rows, never read), shard 1's first 3 rows.
+    assert (resumed.shards_skipped, resumed.shards_done, resumed.skipped) == (1, 1, 7)
+    assert resumed.processed == len(expected) - 7
     assert read_rows(inputs / "ray.parquet") == expected
 
 
@@ -321,3 +323,29 @@ def test_interrupted_job_resumes_to_the_same_rows_on_both_engines(
         assert resumed.skipped == first.processed, name
         assert resumed.exit_code == ExitCode.SOME_FAILED, name  # broken.jpg, missing.png
         assert read_rows(options.out) == whole, name
+
+
+@needs_ray
+def test_retry_errors_redoes_only_the_failed_keys_on_both_engines(
+    ray_local, bundle, inputs, monkeypatch
+):
+    """--retry-errors is per key on both engines: only the key whose row was an error
+    is captioned again (not its whole shard), and each key stays once."""
+    monkeypatch.chdir(inputs)
+    captioner = Captioner(bundle, device="cpu", batch_size=4)
+    model = CaptionerArgs(str(bundle), device="cpu", batch_size=4)
+    engines = {
+        "local": lambda options: run_captioning(captioner, replace(options, workers=1)),
+        "ray": lambda options: run_on_ray(options, model, RayOptions(shard_size=2)),
+    }
+    broken = inputs / "photos" / "broken.jpg"
+    for name, run in engines.items():
+        broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        options = RunOptions(inputs=("photos",), out=inputs / f"{name}.jsonl")
+        assert run(options).errors == 1, name
+        broken.write_bytes(png_bytes(42))
+        retried = run(replace(options, retry_errors=True))
+        assert (retried.skipped, retried.ok, retried.errors) == (7, 1, 0), name
+    local, ray = read_rows(inputs / "local.jsonl"), read_rows(inputs / "ray.jsonl")
+    assert sorted(local, key=lambda r: r["key"]) == sorted(ray, key=lambda r: r["key"])
+    assert len(ray) == 8 and all(r["status"] == "ok" for r in ray)
