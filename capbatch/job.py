@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Protocol
 
 from .captioner import Captioner, CaptionResult, error_result
-from .decode import DecodedImage
-from .errors import ExitCode, UsageError
+from .decode import DecodedImage, decode_image
+from .errors import ExitCode, InputDecodeError, UsageError
 from .output import Output
+from .preprocess import PreprocessSpec
 from .providers import cpu_thread_count
 from .rows import OK, Row
 
@@ -195,6 +196,17 @@ class KeyedItem:
 Decoded = DecodedImage | str  # the encoder's input, or why the input has none
 
 
+def decode_or_reason(data: bytes, spec: PreprocessSpec) -> Decoded:
+    """Image file bytes -> the encoder's input, or the reason there is none (never
+    raises: a decoder bug on one input must not stop the run)."""
+    try:
+        return decode_image(data, spec)
+    except InputDecodeError as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"decode failed: {type(exc).__name__}: {exc}"
+
+
 @dataclass(frozen=True)
 class CaptionedBatch:
     rows: list[Row]  # one per item, in batch order
@@ -268,6 +280,7 @@ __all__ = [
     "RunOptions",
     "RunSummary",
     "caption_batch",
+    "decode_or_reason",
     "check_engine_options",
     "existing_output_error",
     "infer",

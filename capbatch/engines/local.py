@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..captioner import Captioner
-from ..decode import DecodedImage, decode_image
-from ..errors import InputDecodeError
+from ..decode import DecodedImage
 from ..job import (
     Decoded,
     RunOptions,
     RunSummary,
     caption_batch,
+    decode_or_reason,
     resume_output,
 )
 from ..output import Output, open_output
@@ -46,12 +46,7 @@ class _Pending:
     def resolve(self) -> Decoded:
         if self.future is None:
             return self.error or "unreadable input"
-        try:
-            return self.future.result()
-        except InputDecodeError as exc:
-            return str(exc)
-        except Exception as exc:  # a decoder bug on one input must not stop the run
-            return f"decode failed: {type(exc).__name__}: {exc}"
+        return self.future.result()  # decode_or_reason never raises
 
 
 class _Window:
@@ -75,7 +70,7 @@ class _Window:
             if item.data is None:
                 self._queue.append(_Pending(item.key, item.path, error=item.error))
             else:
-                future = self._executor.submit(decode_image, item.data, self._spec)
+                future = self._executor.submit(decode_or_reason, item.data, self._spec)
                 self._queue.append(_Pending(item.key, item.path, future))
 
     def __bool__(self) -> bool:

@@ -183,7 +183,11 @@ def run_on_ray(
                 with ray_session(ray_options) as ray, data_context(ray):
                     check_resources(ray.cluster_resources(), args.device, ray_options)
                     records = [
-                        {"shard": w.shard.index, "inputs": list(w.shard.inputs), "skip": list(w.kept)}
+                        {
+                            "shard": w.shard.index,
+                            "inputs": list(w.shard.inputs),
+                            "skip": list(w.kept),
+                        }
                         for w in work.pending
                     ]
                     decoded = shard_dataset(ray, records, options, ray_options, spec)

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..captioner import Captioner, CaptionerArgs
-from ..decode import DecodedImage, decode_image
-from ..errors import InputDecodeError
-from ..job import Decoded, KeyedItem, caption_batch
+from ..decode import DecodedImage
+from ..job import Decoded, KeyedItem, caption_batch, decode_or_reason
 from ..preprocess import PreprocessSpec
 from ..rows import ROW_FIELDS, parquet_schema
 from ..sources import escape_undecodable, iter_sources
@@ -84,15 +83,11 @@ def decode_item(item: dict, *, spec: dict) -> dict:
         except OSError as exc:
             out["error"] = f"cannot read file: {exc.strerror or exc}"
             return out
-    try:
-        decoded = decode_image(bytes(data or b""), PreprocessSpec(**spec))
-    except InputDecodeError as exc:
-        out["error"] = str(exc)
-        return out
-    except Exception as exc:  # a decoder bug on one input must not fail the shard
-        out["error"] = f"decode failed: {type(exc).__name__}: {exc}"
-        return out
-    out.update(pixels=decoded.pixels.tobytes(), width=decoded.width, height=decoded.height)
+    decoded = decode_or_reason(bytes(data or b""), PreprocessSpec(**spec))
+    if isinstance(decoded, str):
+        out["error"] = decoded
+    else:
+        out.update(pixels=decoded.pixels.tobytes(), width=decoded.width, height=decoded.height)
     return out
 
 
