@@ -73,7 +73,8 @@ def run_local(bundle: Path, list_file: Path, out: Path, batch_size: int) -> dict
 
 def run_ray(bundle: Path, list_file: Path, out: Path, args, actors: int) -> dict:
     from capbatch.captioner import CaptionerArgs
-    from capbatch.engines.ray_driver import RayOptions, run_on_ray
+    from capbatch.engines.ray_driver import run_on_ray
+    from capbatch.engines.ray_options import RayOptions
     from capbatch.job import RunOptions
 
     first_rows: list[float] = []

@@ -289,7 +289,8 @@ def _caption_locally(options, args, quiet: bool, **_ray):
 
 
 def _caption_on_ray(options, args, quiet: bool, *, ray_address, actors):
-    from .engines.ray_driver import RayOptions, run_on_ray
+    from .engines.ray_driver import run_on_ray
+    from .engines.ray_options import RayOptions
     from .job import stop_on_signals
 
     try:
