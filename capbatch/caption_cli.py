@@ -242,9 +242,10 @@ def caption(
         from .engines.ray_options import import_ray
 
         import_ray()  # without Ray: the one-line install hint, nothing else
-    args = CaptionerArgs(
         # Absolute: Ray actors may start in another working directory.
-        model=None if model is None else str(model.resolve()),
+        model = None if model is None else model.resolve()
+    args = CaptionerArgs(
+        model=None if model is None else str(model),
         device=device.value,
         beam_size=beam_size,
         max_len=max_len,
@@ -252,8 +253,10 @@ def caption(
         return_attention=attention_dir is not None,
         intra_op_threads=threads,
     )
-    run = _caption_on_ray if engine is Engine.ray else _caption_locally
-    summary = run(options, args, quiet, ray_address=ray_address, actors=actors)
+    if engine is Engine.ray:
+        summary = _caption_on_ray(options, args, quiet, address=ray_address, actors=actors)
+    else:
+        summary = _caption_locally(options, args, quiet)
     if not quiet:
         if getattr(summary, "failed_shards", None):
             shown = ", ".join(str(i) for i in summary.failed_shards[:10])
@@ -266,7 +269,7 @@ def caption(
         raise typer.Exit(int(summary.exit_code))
 
 
-def _caption_locally(options, args, quiet: bool, **_ray):
+def _caption_locally(options, args, quiet: bool):
     from .captioner import Captioner
     from .engines.local import estimate_total, run_captioning
     from .job import stop_on_signals
@@ -288,17 +291,17 @@ def _caption_locally(options, args, quiet: bool, **_ray):
         )
 
 
-def _caption_on_ray(options, args, quiet: bool, *, ray_address, actors):
+def _caption_on_ray(options, args, quiet: bool, *, address, actors):
     from .engines.ray_driver import run_on_ray
     from .engines.ray_options import RayOptions
     from .job import stop_on_signals
 
     try:
-        ray_options = RayOptions(address=ray_address, actors=actors or 1)
+        ray_options = RayOptions(address=address, actors=actors or 1)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if not quiet:
-        where = ray_address or "a local Ray instance"
+        where = address or "a local Ray instance"
         _echo(f"engine ray on {where}, {ray_options.actors} captioning actor(s)")
     stop = threading.Event()
     with stop_on_signals(stop), _Progress(quiet) as progress:
