@@ -9,7 +9,7 @@ On a folder of --images photo-like 1024x768 JPEGs (made by the script, cached):
 * model: the captioner alone (Captioner.decode_pixels) on already decoded pixels,
   at the run's batch size, with onnxruntime on every usable core (also when
   --intra-op-threads gives the pipeline run fewer);
-* end_to_end: capbatch.pipeline.run_captioning (what `capbatch caption DIR` runs,
+* end_to_end: capbatch.engines.local.run_captioning (what `capbatch caption DIR` runs,
   minus process start-up and model loading, which are reported separately).
 
 Decode and model compete for the same cores, so the best end-to-end rate is
@@ -70,7 +70,8 @@ def model_rate(captioner, pixels: np.ndarray) -> float:
 
 
 def end_to_end_rate(captioner, folder: Path, workers: int | None) -> tuple[float, dict]:
-    from capbatch.pipeline import RunOptions, run_captioning
+    from capbatch.engines.local import run_captioning
+    from capbatch.job import RunOptions
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "captions.csv"

@@ -37,7 +37,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     from capbatch.captioner import Captioner
-    from capbatch.pipeline import RunOptions, run_captioning
+    from capbatch.engines.local import run_captioning
+    from capbatch.job import RunOptions
 
     args = parse_args(argv)
     bundle = common.build_bundle(common.CONFIGS[args.config], args.cache_dir, max_len=args.max_len)

@@ -52,7 +52,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def run_local(bundle: Path, list_file: Path, out: Path, batch_size: int) -> dict:
     from capbatch.captioner import Captioner
-    from capbatch.pipeline import RunOptions, run_captioning
+    from capbatch.engines.local import run_captioning
+    from capbatch.job import RunOptions
 
     start = time.perf_counter()
     captioner = Captioner(bundle, device="cpu", batch_size=batch_size)
@@ -71,8 +72,10 @@ def run_local(bundle: Path, list_file: Path, out: Path, batch_size: int) -> dict
 
 
 def run_ray(bundle: Path, list_file: Path, out: Path, args, actors: int) -> dict:
-    from capbatch.pipeline import RunOptions
-    from capbatch.ray_engine import ModelOptions, RayOptions, run_on_ray
+    from capbatch.captioner import CaptionerArgs
+    from capbatch.engines.ray_driver import run_on_ray
+    from capbatch.engines.ray_options import RayOptions
+    from capbatch.job import RunOptions
 
     first_rows: list[float] = []
     start = time.perf_counter()
@@ -83,7 +86,7 @@ def run_ray(bundle: Path, list_file: Path, out: Path, args, actors: int) -> dict
 
     summary = run_on_ray(
         RunOptions(out=out, from_list=str(list_file)),
-        ModelOptions(str(bundle), device="cpu", batch_size=args.batch_size),
+        CaptionerArgs(str(bundle), device="cpu", batch_size=args.batch_size),
         RayOptions(actors=actors, shard_size=args.shard_size),
         on_progress=on_progress,
     )
@@ -134,7 +137,7 @@ def main(argv=None) -> dict:
         import ray
         import ray.data
 
-        from capbatch.ray_engine import RayOptions
+        from capbatch.engines.ray_options import RayOptions
 
         start = time.perf_counter()
         ray.init(

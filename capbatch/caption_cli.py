@@ -1,4 +1,5 @@
-"""`capbatch caption` and `capbatch info`: thin Typer layers over Captioner and the pipeline."""
+"""`capbatch caption` and `capbatch info`: thin Typer layers over the caption job
+(capbatch.job) and its engines (capbatch.engines)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import typer
 from . import __version__
 from .cli import app
 from .errors import ExitCode, UsageError
+from .job import Engine
+from .output import FORMATS
 from .providers import Device
 
 CAPTION_EXAMPLES = """\
@@ -33,16 +36,8 @@ Exit codes: 0 every image captioned, 1 some images failed (error rows written),
 """
 
 
-class Engine(str, Enum):
-    local = "local"
-    ray = "ray"
-
-
-class OutputFormat(str, Enum):
-    csv = "csv"
-    jsonl = "jsonl"
-    parquet = "parquet"
-    txt = "txt"
+# The --format choices are the output package's formats (declared there, once).
+OutputFormat = Enum("OutputFormat", {name: name for name in FORMATS}, type=str)
 
 
 def _echo(message: str) -> None:
@@ -215,8 +210,8 @@ def caption(
     ] = None,
 ) -> None:
     """Caption images from files, folders and archives into CSV, JSONL, Parquet or sidecars."""
-    from .captioner import Captioner
-    from .pipeline import RunOptions, estimate_total, run_captioning, stop_on_signals
+    from .captioner import CaptionerArgs
+    from .job import RunOptions, check_engine_options
 
     # Pillow warns about corrupt EXIF/TIFF tags and large images from the decode
     # threads. Decoding already enforces its own pixel limit and turns real failures
@@ -240,24 +235,47 @@ def caption(
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if threads is not None and engine is Engine.ray:
-        raise UsageError("--threads applies to the local engine only")
+    cli_flags = {"--threads": threads, "--ray-address": ray_address, "--actors": actors}
+    given = [flag for flag, value in cli_flags.items() if value is not None]
+    check_engine_options(engine.value, options.engine_flags() + given)
     if engine is Engine.ray:
-        _caption_on_ray(
-            options, model, device, batch_size, beam_size, max_len, ray_address, actors, quiet
-        )
-        return
-    if ray_address is not None or actors is not None:
-        raise UsageError("--ray-address and --actors need --engine ray")
-    captioner = Captioner(
-        model,
+        from .engines.ray_options import import_ray
+
+        import_ray()  # without Ray: the one-line install hint, nothing else
+        # Absolute: Ray actors may start in another working directory.
+        model = None if model is None else model.resolve()
+    args = CaptionerArgs(
+        model=None if model is None else str(model),
         device=device.value,
         beam_size=beam_size,
         max_len=max_len,
         batch_size=batch_size,
         return_attention=attention_dir is not None,
-        warn=lambda message: _echo(f"capbatch: warning: {message}"),
         intra_op_threads=threads,
+    )
+    if engine is Engine.ray:
+        summary = _caption_on_ray(options, args, quiet, address=ray_address, actors=actors)
+    else:
+        summary = _caption_locally(options, args, quiet)
+    if not quiet:
+        if getattr(summary, "failed_shards", None):
+            shown = ", ".join(str(i) for i in summary.failed_shards[:10])
+            _echo(
+                f"capbatch: {len(summary.failed_shards)} shard(s) failed after retries "
+                f"({shown}); rerun with --resume to retry them"
+            )
+        _echo(_summary_line(summary))
+    if summary.exit_code != ExitCode.OK:
+        raise typer.Exit(int(summary.exit_code))
+
+
+def _caption_locally(options, args, quiet: bool):
+    from .captioner import Captioner
+    from .engines.local import estimate_total, run_captioning
+    from .job import stop_on_signals
+
+    captioner = Captioner.from_args(
+        args, warn=lambda message: _echo(f"capbatch: warning: {message}")
     )
     if not quiet:
         _echo(f"model {captioner.model_id} on {', '.join(captioner.providers)}")
@@ -268,56 +286,33 @@ def caption(
                 target=lambda: progress.set_total(estimate_total(options)), daemon=True
             )
             counter.start()
-        summary = run_captioning(
+        return run_captioning(
             captioner, options, stop=stop, on_progress=progress.update, on_start=progress.start
         )
-    if not quiet:
-        _echo(_summary_line(summary))
-    if summary.exit_code != ExitCode.OK:
-        raise typer.Exit(int(summary.exit_code))
 
 
-def _caption_on_ray(
-    options, model, device, batch_size, beam_size, max_len, ray_address, actors, quiet
-) -> None:
-    from .pipeline import stop_on_signals
-    from .ray_engine import ModelOptions, RayOptions, import_ray, run_on_ray
+def _caption_on_ray(options, args, quiet: bool, *, address, actors):
+    from .engines.ray_driver import run_on_ray
+    from .engines.ray_options import RayOptions
+    from .job import stop_on_signals
 
-    import_ray()  # without Ray: the one-line install hint, nothing else
     try:
-        model_options = ModelOptions(
-            model=None if model is None else str(model.resolve()),
-            device=device.value,
-            beam_size=beam_size,
-            max_len=max_len,
-            batch_size=batch_size,
-        )
-        ray_options = RayOptions(address=ray_address, actors=actors or 1)
+        ray_options = RayOptions(address=address, actors=actors or 1)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if not quiet:
-        where = ray_address or "a local Ray instance"
+        where = address or "a local Ray instance"
         _echo(f"engine ray on {where}, {ray_options.actors} captioning actor(s)")
     stop = threading.Event()
     with stop_on_signals(stop), _Progress(quiet) as progress:
-        summary = run_on_ray(
+        return run_on_ray(
             options,
-            model_options,
+            args,
             ray_options,
             stop=stop,
             on_progress=progress.update,
             on_start=progress.start,
         )
-    if not quiet:
-        if summary.failed_shards:
-            shown = ", ".join(str(i) for i in summary.failed_shards[:10])
-            _echo(
-                f"capbatch: {len(summary.failed_shards)} shard(s) failed after retries "
-                f"({shown}); rerun with --resume to retry them"
-            )
-        _echo(_summary_line(summary))
-    if summary.exit_code != ExitCode.OK:
-        raise typer.Exit(int(summary.exit_code))
 
 
 @app.command("info")

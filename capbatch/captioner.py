@@ -23,9 +23,8 @@ from .decode import DecodedImage, decode_image
 from .decoding import DecodingOptions, Hypothesis, decode
 from .errors import InputDecodeError, UsageError
 from .preprocess import PreprocessSpec, preprocess_image, upright_size
-
-OK = "ok"
-ERROR = "error"
+from .providers import parse_device
+from .rows import ERROR, OK
 
 ImageItem = str | Path | bytes | Image.Image | np.ndarray
 
@@ -79,6 +78,33 @@ def prepare_item(item: ImageItem, spec: PreprocessSpec) -> DecodedImage:
     raise InputDecodeError(f"unsupported item type {type(item).__name__}")
 
 
+@dataclass(frozen=True)
+class CaptionerArgs:
+    """The Captioner's arguments as plain values, validated here and nowhere else.
+
+    Picklable: the Ray engine checks them on its driver, before starting Ray, and
+    sends them to its actors, which build their Captioner from them.
+    """
+
+    model: str | Path | None = None  # bundle directory; None = the built-in model
+    device: str = "auto"
+    beam_size: int = 1
+    max_len: int | None = None  # None: the model's
+    batch_size: int = 32
+    return_attention: bool = False
+    intra_op_threads: int | None = None  # onnxruntime threads per CPU session; None = per core
+
+    def __post_init__(self) -> None:
+        optional = ("max_len", "intra_op_threads")  # None: the model's / one per core
+        for name in ("batch_size", "beam_size", *optional):
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
+        parse_device(self.device)  # UsageError naming the choices
+
+
 class Captioner:
     """A loaded model plus decoding options; caption images in batches."""
 
@@ -94,21 +120,33 @@ class Captioner:
         warn: Callable[[str], None] = _stderr_warning,
         intra_op_threads: int | None = None,
     ) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(f"batch size must be an integer >= 1, got {batch_size!r}")
-        # intra_op_threads: onnxruntime threads per CPU session (None = one per core).
-        self.bundle: Bundle = load_bundle(
-            model, device, warn=warn, intra_op_threads=intra_op_threads
+        args = CaptionerArgs(
+            model, device, beam_size, max_len, batch_size, return_attention, intra_op_threads
         )
-        try:
-            self.options = DecodingOptions(
-                beam_size=beam_size,
-                max_len=max_len if max_len is not None else self.bundle.max_len,
-                return_alphas=return_attention,
-            )
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        self.batch_size = batch_size
+        self.args = args
+        self.bundle: Bundle = load_bundle(
+            args.model, args.device, warn=warn, intra_op_threads=args.intra_op_threads
+        )
+        self.options = DecodingOptions(
+            beam_size=args.beam_size,
+            max_len=args.max_len if args.max_len is not None else self.bundle.max_len,
+            return_alphas=args.return_attention,
+        )
+        self.batch_size = args.batch_size
+
+    @classmethod
+    def from_args(cls, args: CaptionerArgs, **kwargs) -> Captioner:
+        """A Captioner from checked arguments (kwargs: `warn`)."""
+        return cls(
+            args.model,
+            args.device,
+            args.beam_size,
+            args.max_len,
+            args.batch_size,
+            return_attention=args.return_attention,
+            intra_op_threads=args.intra_op_threads,
+            **kwargs,
+        )
 
     @property
     def model_id(self) -> str:

@@ -7,6 +7,7 @@ library errors to one line on stderr and an exit code.
 from __future__ import annotations
 
 import sys
+import traceback
 
 import typer
 
@@ -40,7 +41,8 @@ def run_app(
 
     Shared by `capbatch` and `capbatch-train`: CapbatchError -> its message and
     code; bad options -> click's usage message, FATAL; anything unexpected -> one
-    line naming it (the traceback only with --debug).
+    line naming it. --debug adds the traceback on stderr and changes no exit code
+    (a scheduler reads 1 as "some images failed").
     """
     args = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in args
@@ -49,7 +51,7 @@ def run_app(
         result = typer_app(args=args, prog_name=prog, standalone_mode=False)
     except CapbatchError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         typer.echo(f"{prog}: error: {exc}", err=True)
         return int(exc.exit_code)
     except typer.Exit as exc:
@@ -63,7 +65,7 @@ def run_app(
             exc.show()
             return int(ExitCode.FATAL)
         if debug:
-            raise
+            traceback.print_exc()
         typer.echo(
             f"{prog}: internal error: {type(exc).__name__}: {exc} "
             "(rerun with --debug for the traceback)",

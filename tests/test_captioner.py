@@ -130,7 +130,8 @@ def test_captioner_imports_no_torch(fake_bundle, tmp_path):
         f"""
         import sys
         import numpy as np
-        from capbatch import cli, caption_cli, pipeline
+        from capbatch import cli, caption_cli, job
+        from capbatch.engines import local
         from capbatch.captioner import Captioner
         results = Captioner({str(fake_bundle)!r}, device="cpu", beam_size=2).caption(
             [np.zeros((40, 40, 3), np.uint8)]

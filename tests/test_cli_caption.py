@@ -14,7 +14,7 @@ from PIL import Image
 
 from capbatch.cli import main
 from capbatch.errors import ExitCode
-from capbatch.writers import OutputLock
+from capbatch.output_lock import OutputLock
 from tests.runtime_fakes import make_fake_bundle
 from tests.test_captioner import REPO, run_without_torch
 
@@ -297,3 +297,59 @@ def test_pillow_warnings_do_not_reach_stderr(bundle, tmp_path):
     assert result.returncode == 0, result.stderr
     assert read_csv(out)[0]["status"] == "ok"
     assert "EXIF" not in result.stderr and "Warning" not in result.stderr, result.stderr
+
+
+def test_refused_sidecars_are_counted_as_failed(capsys, bundle, photos, tmp_path):
+    """A sidecar the writer refuses (one left with another caption) is an error row,
+    and the summary line, the exit code and the journal all say so."""
+    (photos / "broken.jpg").unlink()
+    journal = tmp_path / "journal.jsonl"
+    args = ("caption", photos, "--format", "txt", "--out", journal, "--model", bundle)
+    code, _, err = run_cli(capsys, *args)
+    assert code == ExitCode.OK and "3 captioned, 0 failed" in err
+    (photos / "a.txt").write_text("a caption from another run\n")
+    code, _, err = run_cli(capsys, *args, "--overwrite", "--beam-size", "3")
+    rows = [json.loads(line) for line in journal.read_text().splitlines()]
+    errors = {r["key"]: r["error"] for r in rows if r["status"] == "error"}
+    # a.txt for sure; beam 3 changes the fake model's other captions too
+    assert "sidecar a.txt exists" in errors[str(photos / "a.png")]
+    assert f"{3 - len(errors)} captioned, {len(errors)} failed" in err
+    assert code == ExitCode.SOME_FAILED
+    assert (photos / "a.txt").read_text() == "a caption from another run\n"
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--model", "{tmp}"], ExitCode.FATAL),  # a bundle error
+        (["--resume", "--overwrite"], ExitCode.FATAL),  # a usage error
+        (["--model", "{bundle}"], ExitCode.SOME_FAILED),  # broken.jpg
+        (["--model", "{bundle}", "--beam-size", "zero"], ExitCode.FATAL),  # click's own
+    ],
+)
+def test_debug_keeps_every_exit_code(capsys, bundle, photos, tmp_path, args, expected):
+    """--debug adds the traceback; it never changes what a scheduler sees."""
+    args = [a.format(tmp=tmp_path, bundle=bundle) for a in args]
+    out = ("caption", photos, "--out", tmp_path / "o.csv", "-q", *args)
+    code, _, plain = run_cli(capsys, *out)
+    assert code == expected
+    (tmp_path / "o.csv").unlink(missing_ok=True)
+    code, _, debug = run_cli(capsys, "--debug", *out)
+    assert code == expected
+    if expected == ExitCode.FATAL and "zero" not in args:
+        assert "Traceback" in debug and "Traceback" not in plain
+
+
+def test_debug_keeps_the_exit_code_of_an_internal_error(
+    capsys, bundle, photos, tmp_path, monkeypatch
+):
+    from capbatch import captioner
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(captioner, "load_bundle", broken)
+    out = ("caption", photos, "--out", tmp_path / "o.csv", "--model", bundle, "-q")
+    for debug in ((), ("--debug",)):
+        code, _, err = run_cli(capsys, *debug, *out)
+        assert code == ExitCode.FATAL and "a bug" in err

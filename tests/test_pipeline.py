@@ -1,4 +1,4 @@
-"""Pipeline orchestration with a real (fake-weight) bundle: order, bounds, stop, resume."""
+"""The local engine with a real (fake-weight) bundle: order, bounds, stop, resume."""
 
 from __future__ import annotations
 
@@ -11,18 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from capbatch import pipeline
 from capbatch.captioner import Captioner
+from capbatch.engines import local
+from capbatch.engines.local import estimate_total, run_captioning
 from capbatch.errors import ExitCode, OutputError, UsageError
-from capbatch.pipeline import (
-    RunOptions,
-    estimate_total,
-    keys_to_skip,
-    run_captioning,
-    stop_on_signals,
-)
+from capbatch.job import RunOptions, keys_to_keep, stop_on_signals
+from capbatch.output_lock import OutputLock
 from capbatch.sources import SourceItem
-from capbatch.writers import OutputLock
 from tests.runtime_fakes import make_fake_bundle
 
 
@@ -57,10 +52,11 @@ def test_options_validate():
         RunOptions(inputs=("a",), workers=0)
 
 
-def test_keys_to_skip():
+def test_keys_to_keep_is_per_key():
     done = {"a": "ok", "b": "error"}
-    assert keys_to_skip(done, retry_errors=False) == {"a", "b"}
-    assert keys_to_skip(done, retry_errors=True) == {"a"}
+    assert keys_to_keep(done, RunOptions(inputs=("x",), resume=True)) == done
+    assert keys_to_keep(done, RunOptions(inputs=("x",), retry_errors=True)) == {"a": "ok"}
+    assert keys_to_keep(done, RunOptions(inputs=("x",))) == {}
 
 
 def test_rows_keep_input_order_with_errors_between(captioner, tmp_path):
@@ -86,7 +82,7 @@ def test_in_flight_items_are_bounded(captioner, tmp_path, monkeypatch):
             pulled.append(i)
             yield SourceItem(f"k{i:03d}", None, data, None)
 
-    monkeypatch.setattr(pipeline, "iter_sources", endless_like)
+    monkeypatch.setattr(local, "iter_sources", endless_like)
     written = []
 
     def on_progress(summary):

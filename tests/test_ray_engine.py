@@ -1,4 +1,4 @@
-"""`--engine ray`: the same rows as the local engine, per-shard resume, the install hint.
+"""`--engine ray`: the same rows as the local engine, per-key resume, the install hint.
 
 The Ray tests share one local Ray instance (module fixture, ~10-20 s to start on
 the 2-core build machine) and skip cleanly where `ray` is not installed.
@@ -13,28 +13,23 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from capbatch.captioner import Captioner
+from capbatch.captioner import Captioner, CaptionerArgs
 from capbatch.cli import main
+from capbatch.engines.local import run_captioning
+from capbatch.engines.ray_driver import ShardFiles, run_on_ray
+from capbatch.engines.ray_options import RayOptions, RaySummary, check_resources
+from capbatch.engines.ray_plan import DONE_FILE, OutputLayout, plan_shards
+from capbatch.engines.ray_stages import caption_dataset
 from capbatch.errors import ExitCode, UsageError
-from capbatch.pipeline import RunOptions, run_captioning
-from capbatch.ray_engine import (
-    DONE_FILE,
-    ModelOptions,
-    OutputLayout,
-    RayOptions,
-    RaySummary,
-    _ShardFiles,
-    caption_dataset,
-    check_resources,
-    plan_shards,
-    run_on_ray,
-)
+from capbatch.job import Engine, RunOptions, check_engine_options
 from tests.runtime_fakes import make_fake_bundle
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,16 +129,17 @@ def test_output_layout(tmp_path):
         "parquet",
     )
     with pytest.raises(UsageError, match="sidecars"):
-        OutputLayout.for_output(tmp_path / "j.jsonl", "txt")
+        check_engine_options(Engine.ray, RunOptions(inputs=("x",), fmt="txt").engine_flags())
 
 
 def test_shard_with_missing_rows_is_failed_not_done(tmp_path):
     """A shard whose blocks were lost (fewer rows than its end marker counts) is
-    reported as failed, its file removed, and it is not recorded as done."""
+    reported as failed and not recorded as done; the rows that came stay in its
+    file for --resume but are not counted (they are not in --out)."""
     layout = OutputLayout.for_output(tmp_path / "out.jsonl", None)
     layout.shards_dir.mkdir()
     summary = RaySummary(out=tmp_path / "out.jsonl", fmt="jsonl")
-    files = _ShardFiles(layout, summary)
+    files = ShardFiles(layout, summary)
 
     def row(shard, key, status="ok"):
         caption = "a cube" if status == "ok" else None
@@ -160,19 +156,20 @@ def test_shard_with_missing_rows_is_failed_not_done(tmp_path):
     files.close([0, 1, 2, 3], interrupted=False)  # shard 3: not a single row came
     assert layout.read_done() == {0: {"shard": 0, "rows": 2, "errors": 1}}
     assert summary.failed_shards == [1, 2, 3]
-    assert not layout.shard_file(1).exists() and not layout.shard_file(2).exists()
+    assert [r.key for r in layout.read_rows(1)] == ["c"]  # kept for --resume
+    assert [r.key for r in layout.read_rows(2)] == ["d"]
+    assert not layout.shard_file(3).exists()
     assert (summary.ok, summary.errors, summary.exit_code) == (1, 1, ExitCode.SOME_FAILED)
 
 
 def test_jobs_the_cluster_cannot_schedule_are_refused():
-    cpu = ModelOptions(device="cpu")
-    check_resources({"CPU": 3.0}, cpu, RayOptions(actors=2))
+    check_resources({"CPU": 3.0}, "cpu", RayOptions(actors=2))
     with pytest.raises(UsageError, match="needs 3 CPUs"):
-        check_resources({"CPU": 2.0}, cpu, RayOptions(actors=2))
+        check_resources({"CPU": 2.0}, "cpu", RayOptions(actors=2))
     with pytest.raises(UsageError, match="needs 2 GPUs"):
-        check_resources({"CPU": 8.0, "GPU": 1.0}, ModelOptions(device="cuda"), RayOptions(actors=2))
+        check_resources({"CPU": 8.0, "GPU": 1.0}, "cuda", RayOptions(actors=2))
     half = RayOptions(actors=2, gpus_per_actor=0.5)
-    check_resources({"CPU": 8.0, "GPU": 1.0}, ModelOptions(device="cuda"), half)
+    check_resources({"CPU": 8.0, "GPU": 1.0}, "cuda", half)
 
 
 def test_ray_options_without_engine_ray_are_refused(capsys, bundle, inputs):
@@ -236,15 +233,18 @@ def test_resume_skips_finished_shards(ray_local, bundle, inputs, monkeypatch):
     args = ("shard-000.tar", "photos")
     expected = local_rows(bundle, inputs / "local.parquet", inputs=args)
     options = RunOptions(inputs=args, out=inputs / "ray.parquet")
-    model = ModelOptions(str(bundle), device="cpu", batch_size=4)
+    model = CaptionerArgs(str(bundle), device="cpu", batch_size=4)
     first = run_on_ray(options, model, RayOptions(shard_size=3))
     assert (first.shards, first.shards_done) == (2, 2)
     assert read_rows(inputs / "ray.parquet") == expected
 
-    # As if the run had died after shard 0: shard 1 not recorded, no merged file yet.
+    # As if the run had died in shard 1, after 3 of its 8 rows: not recorded as done,
+    # no merged file yet.
     layout = OutputLayout.for_output(options.out, None)
     done_path = layout.shards_dir / DONE_FILE
     done_path.write_text(done_path.read_text().splitlines(keepends=True)[0])
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pq.read_table(layout.shard_file(1)).slice(0, 3), layout.shard_file(1))
     (inputs / "ray.parquet").unlink()
     # Shard 0's archive is gone: reading it again would give an error row, not captions.
     (inputs / "shard-000.tar").rename(inputs / "moved.tar")
@@ -254,8 +254,9 @@ def test_resume_skips_finished_shards(ray_local, bundle, inputs, monkeypatch):
     resumed = run_on_ray(
         RunOptions(inputs=args, out=options.out, resume=True), model, RayOptions(shard_size=3)
     )
-    assert (resumed.shards_skipped, resumed.shards_done, resumed.skipped) == (1, 1, 4)
-    assert resumed.processed == len(expected) - 4
+    # Per key: shard 0 whole (4 rows, never read), shard 1's first 3 rows.
+    assert (resumed.shards_skipped, resumed.shards_done, resumed.skipped) == (1, 1, 7)
+    assert resumed.processed == len(expected) - 7
     assert read_rows(inputs / "ray.parquet") == expected
 
 
@@ -265,7 +266,7 @@ def test_failing_shard_is_retried_then_reported(ray_local, bundle, inputs, monke
     retried, then reported as failed (no rows, not done); the other shard is written."""
     monkeypatch.chdir(inputs)
     options = RunOptions(inputs=("photos", "bad\x00.png"), out=inputs / "ray.jsonl")
-    model = ModelOptions(str(bundle), device="cpu", batch_size=4)
+    model = CaptionerArgs(str(bundle), device="cpu", batch_size=4)
     summary = run_on_ray(options, model, RayOptions(shard_size=1, shard_retries=1))
     assert summary.failed_shards == [1]
     assert (summary.shards_done, summary.ok, summary.errors) == (1, 7, 1)
@@ -288,9 +289,63 @@ def test_caption_dataset_inside_a_ray_program(ray_local, bundle, inputs, monkeyp
     context = ray_local.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     try:
-        model = ModelOptions(str(bundle), device="cpu", batch_size=4)
+        model = CaptionerArgs(str(bundle), device="cpu", batch_size=4)
         rows = caption_dataset(items, model, actors=1).take_all()
     finally:
         context.execution_options.preserve_order = False
     expected[2]["path"] = str(inputs / names[2])
     assert rows == expected
+
+
+@needs_ray
+def test_interrupted_job_resumes_to_the_same_rows_on_both_engines(
+    ray_local, bundle, inputs, monkeypatch
+):
+    """One job (a folder with a broken and a Latin-1-named image, a tar shard, a list
+    file with a missing path), stopped after its first batch and resumed, on each
+    engine: both end with the uninterrupted run's rows, and both resumes skip
+    exactly the rows the first run wrote (per key, even mid-shard on Ray)."""
+    monkeypatch.chdir(inputs)
+    job = RunOptions(inputs=("photos", "shard-000.tar"), from_list="list.txt")
+    whole = local_rows(bundle, inputs / "whole.jsonl", inputs=job.inputs, from_list="list.txt")
+    captioner = Captioner(bundle, device="cpu", batch_size=4)
+    model = CaptionerArgs(str(bundle), device="cpu", batch_size=4)
+    engines = {
+        "local": lambda options, **kw: run_captioning(captioner, replace(options, workers=1), **kw),
+        "ray": lambda options, **kw: run_on_ray(options, model, RayOptions(shard_size=2), **kw),
+    }
+    for name, run in engines.items():
+        options = replace(job, out=inputs / f"{name}.jsonl")
+        stop = threading.Event()
+        first = run(options, stop=stop, on_progress=lambda _, stop=stop: stop.set())
+        assert first.interrupted and 0 < first.processed < len(whole), name
+        resumed = run(replace(options, resume=True))
+        assert resumed.skipped == first.processed, name
+        assert resumed.exit_code == ExitCode.SOME_FAILED, name  # broken.jpg, missing.png
+        assert read_rows(options.out) == whole, name
+
+
+@needs_ray
+def test_retry_errors_redoes_only_the_failed_keys_on_both_engines(
+    ray_local, bundle, inputs, monkeypatch
+):
+    """--retry-errors is per key on both engines: only the key whose row was an error
+    is captioned again (not its whole shard), and each key stays once."""
+    monkeypatch.chdir(inputs)
+    captioner = Captioner(bundle, device="cpu", batch_size=4)
+    model = CaptionerArgs(str(bundle), device="cpu", batch_size=4)
+    engines = {
+        "local": lambda options: run_captioning(captioner, replace(options, workers=1)),
+        "ray": lambda options: run_on_ray(options, model, RayOptions(shard_size=2)),
+    }
+    broken = inputs / "photos" / "broken.jpg"
+    for name, run in engines.items():
+        broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        options = RunOptions(inputs=("photos",), out=inputs / f"{name}.jsonl")
+        assert run(options).errors == 1, name
+        broken.write_bytes(png_bytes(42))
+        retried = run(replace(options, retry_errors=True))
+        assert (retried.skipped, retried.ok, retried.errors) == (7, 1, 0), name
+    local, ray = read_rows(inputs / "local.jsonl"), read_rows(inputs / "ray.jsonl")
+    assert sorted(local, key=lambda r: r["key"]) == sorted(ray, key=lambda r: r["key"])
+    assert len(ray) == 8 and all(r["status"] == "ok" for r in ray)

@@ -15,7 +15,8 @@ import pytest
 
 from capbatch.cli import main
 from capbatch.errors import ExitCode
-from capbatch.writers import lock_path_for, read_done
+from capbatch.output import open_output
+from capbatch.output_lock import lock_path_for
 from tests.io_fixtures import png_bytes
 from tests.runtime_fakes import make_fake_bundle
 
@@ -81,7 +82,10 @@ def test_second_run_on_the_same_output_is_refused_naming_the_first(bundle, photo
     first.stdin.close()
     assert first.wait(timeout=60) == ExitCode.OK, first.stderr.read()
     # The refused run touched nothing: the first run's rows, each once, and no lock left.
-    assert read_done(out, "csv") == {str(photos / "00.png"): "ok", str(photos / "01.png"): "ok"}
+    assert open_output(out, "csv").done() == {
+        str(photos / "00.png"): "ok",
+        str(photos / "01.png"): "ok",
+    }
     assert out.read_text().count("\n") == 3
     assert not lock_path_for(out).exists()
 
@@ -92,7 +96,7 @@ def test_two_runs_on_different_outputs_over_the_same_inputs_both_succeed(bundle,
     codes = [run.wait(timeout=120) for run in runs]
     errs = [run.stderr.read().decode() for run in runs]
     assert codes == [ExitCode.SOME_FAILED, ExitCode.SOME_FAILED], errs  # broken.jpg
-    one, two = read_done(outs[0], "jsonl"), read_done(outs[1], "csv")
+    one, two = open_output(outs[0], "jsonl").done(), open_output(outs[1], "csv").done()
     assert one == two and len(one) == 13
     rows = [json.loads(line) for line in outs[0].read_text().splitlines()]
     assert len(rows) == 13 and len({r["key"] for r in rows}) == 13

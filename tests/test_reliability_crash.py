@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from capbatch import writers
 from capbatch.cli import main
 from capbatch.errors import ExitCode
+from capbatch.output import lines, open_output
+from capbatch.output_lock import lock_path_for
 from tests.runtime_fakes import make_fake_bundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +122,7 @@ def test_sigterm_and_sigint_flush_rows_print_summary_and_exit_3(bundle, images, 
 
 def _fail_with_enospc_after(monkeypatch, calls: int) -> None:
     """The `calls`+1-th write() leaves half its text on disk, then raises ENOSPC."""
-    real_append = writers._LineWriter._append
+    real_append = lines.LineWriter._append
     count = {"n": 0}
 
     def append(self, text):
@@ -131,7 +132,7 @@ def _fail_with_enospc_after(monkeypatch, calls: int) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_append(self, text)
 
-    monkeypatch.setattr(writers._LineWriter, "_append", append)
+    monkeypatch.setattr(lines.LineWriter, "_append", append)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
@@ -149,9 +150,9 @@ def test_disk_full_is_one_line_and_resume_completes(
     assert lines == [f"capbatch: error: cannot write {out}: No space left on device"], err
     assert "Traceback" not in err
     assert not out.read_bytes().endswith(b"\n")  # the torn row is there ...
-    partial = writers.read_done(out, fmt)  # ... and ignored: what is left is valid
+    partial = open_output(out, fmt).done()  # ... and ignored: what is left is valid
     assert 0 < len(partial) < len(keys)
-    assert not writers.lock_path_for(out).exists()
+    assert not lock_path_for(out).exists()
 
     monkeypatch.undo()
     code, err = run_cli(capsys, "caption", directory, "--out", out, "--model", bundle, "--resume")
@@ -189,7 +190,7 @@ def test_real_full_disk_keeps_a_valid_partial_output(capsys, bundle, images, sma
     )
     assert code == ExitCode.FATAL, err
     assert "No space left on device" in err and "Traceback" not in err
-    partial = writers.read_done(out, "jsonl")
+    partial = open_output(out, "jsonl").done()
     assert 0 < len(partial) < len(keys)
     (small_tmpfs / "filler").unlink()  # space freed: resume finishes the job
     code, err = run_cli(capsys, "caption", directory, "--out", out, "--model", bundle, "--resume")

@@ -6,7 +6,7 @@ import pytest
 
 from capbatch.cli import main
 from capbatch.errors import ExitCode
-from capbatch.writers import lock_path_for
+from capbatch.output_lock import lock_path_for
 from tests.io_fixtures import png_bytes
 from tests.runtime_fakes import make_fake_bundle
 

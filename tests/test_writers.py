@@ -1,4 +1,4 @@
-"""Writers: round trips, torn tails, resume, sidecars and the output lock."""
+"""Outputs (capbatch.output): round trips, torn tails, resume, sidecars, the lock."""
 
 from __future__ import annotations
 
@@ -13,17 +13,9 @@ from pathlib import Path
 import pytest
 
 from capbatch.errors import OutputError, UsageError
-from capbatch.writers import (
-    ROW_FIELDS,
-    OutputLock,
-    Row,
-    drop_keys,
-    format_for,
-    lock_path_for,
-    open_writer,
-    read_done,
-    sidecar_path,
-)
+from capbatch.output import Output, format_for, open_output, sidecar_path
+from capbatch.output_lock import OutputLock, lock_path_for
+from capbatch.rows import ROW_FIELDS, Row
 
 TRICKY = [
     'a dog, "running"\non the beach',
@@ -48,6 +40,20 @@ def row(key: str, caption: str | None = "a caption", status: str = "ok", **field
         "model_id": "scenes-lite0-abc",
     }
     return Row(**values, **fields)
+
+
+def open_writer(out: Path, fmt: str, *, append: bool, overwrite_sidecars=False) -> Output:
+    output = open_output(out, fmt, overwrite_sidecars=overwrite_sidecars)
+    output.begin(append=append)
+    return output
+
+
+def read_done(out: Path, fmt: str) -> dict[str, str]:
+    return open_output(out, fmt).done()
+
+
+def drop_keys(out: Path, fmt: str, keys) -> int:
+    return open_output(out, fmt).drop(keys)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -281,7 +287,7 @@ def test_sidecars_beside_images_never_clobbered(tmp_path):
     (images / "c.txt").write_text("same caption\n")  # left by a killed run
     journal = tmp_path / "run.jsonl"
     writer = open_writer(journal, "txt", append=False)
-    writer.write(
+    written = writer.write(
         [
             row("a", "a red square", path=str(images / "a.jpg")),
             row("b", "new caption", path=str(images / "b.png")),
@@ -292,6 +298,9 @@ def test_sidecars_beside_images_never_clobbered(tmp_path):
         ]
     )
     writer.close()
+    # The write contract: the rows come back as written, the refused one an error.
+    assert [r.status for r in written] == ["ok", "error", "ok", "error", "ok", "ok"]
+    assert written[1].error == "sidecar b.txt exists (use --overwrite-sidecars)"
     assert (images / "a.txt").read_text() == "a red square\n"
     assert (images / "b.txt").read_text() == "hand-written caption\n"
     assert not (images / "d.txt").exists()
@@ -319,7 +328,7 @@ def test_sidecar_path():
 HOLDER = textwrap.dedent(
     """
     import sys
-    from capbatch.writers import OutputLock
+    from capbatch.output_lock import OutputLock
     with OutputLock(sys.argv[1]):
         print("locked", flush=True)
         sys.stdin.read()

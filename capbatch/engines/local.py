@@ -1,0 +1,198 @@
+"""The local engine: sources -> bounded decode pool -> batches -> Captioner -> Output.
+
+Memory stays flat for any input size: at most `max_in_flight` items are read
+and decoding at once (a FIFO window of futures, which also keeps rows in input
+order), and rows are written and flushed once per batch. Decoding runs in a
+thread pool (Pillow releases the GIL while decoding and resizing) while the
+main thread runs the model on the previous batch (onnxruntime releases it too).
+
+Resume is the job's per-key rule (capbatch.job.resume_output); docs/runtime.md.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..captioner import Captioner
+from ..decode import DecodedImage
+from ..job import (
+    Decoded,
+    RunOptions,
+    RunSummary,
+    caption_batch,
+    decode_or_reason,
+    resume_output,
+)
+from ..output import Output, open_output
+from ..output_lock import OutputLock
+from ..sources import IMAGE_EXTENSIONS, SourceItem, archive_kind, iter_sources
+
+
+@dataclass
+class _Pending:
+    """One source item in the window (a job.Keyed): decoding, decoded, or already failed."""
+
+    key: str
+    path: str | None
+    future: Future | None = None
+    error: str | None = None
+
+    def resolve(self) -> Decoded:
+        if self.future is None:
+            return self.error or "unreadable input"
+        return self.future.result()  # decode_or_reason never raises
+
+
+class _Window:
+    """The bounded FIFO of in-flight items over the source iterator."""
+
+    def __init__(self, sources: Iterator[SourceItem], executor, spec, skip, limit, summary):
+        self._sources, self._executor, self._spec = sources, executor, spec
+        self._skip, self._limit, self._summary = skip, limit, summary
+        self._queue: deque[_Pending] = deque()
+        self.exhausted = False
+
+    def fill(self, stop: threading.Event) -> None:
+        while len(self._queue) < self._limit and not self.exhausted and not stop.is_set():
+            item = next(self._sources, None)
+            if item is None:
+                self.exhausted = True
+                return
+            if item.key in self._skip:
+                self._summary.skipped += 1
+                continue
+            if item.data is None:
+                self._queue.append(_Pending(item.key, item.path, error=item.error))
+            else:
+                future = self._executor.submit(decode_or_reason, item.data, self._spec)
+                self._queue.append(_Pending(item.key, item.path, future))
+
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    def popleft(self) -> _Pending:
+        return self._queue.popleft()
+
+    def cancel(self) -> None:
+        for pending in self._queue:
+            if pending.future is not None:
+                pending.future.cancel()
+        self._queue.clear()
+
+
+def run_captioning(
+    captioner: Captioner,
+    options: RunOptions,
+    *,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[RunSummary], None] | None = None,
+    on_start: Callable[[], None] | None = None,
+) -> RunSummary:
+    """Caption every input into options.out; returns the summary (never raises per item).
+
+    on_start runs once the output is locked and opened (fatal checks passed),
+    on_progress after every written batch.
+    """
+    stop = stop or threading.Event()
+    output = open_output(options.out, options.fmt, overwrite_sidecars=options.overwrite_sidecars)
+    summary = RunSummary(out=options.out, fmt=output.fmt)
+    with OutputLock(options.out):
+        kept = resume_output(output, options)
+        sources = iter_sources(
+            list(options.inputs),
+            recursive=options.recursive,
+            glob=options.glob,
+            from_list=options.from_list,
+        )
+        created = not options.out.exists()
+        output.begin(append=bool(kept))
+        if on_start is not None:
+            on_start()
+        workers = options.decode_workers
+        # Two batches ahead keeps the pool busy while the model runs on one.
+        limit = 2 * captioner.batch_size + 2 * workers
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="capbatch-decode") as executor:
+                window = _Window(sources, executor, captioner.preprocess, kept, limit, summary)
+                try:
+                    _caption_window(captioner, window, output, options, summary, stop, on_progress)
+                finally:
+                    window.cancel()
+        except BaseException:
+            output.close()
+            if created and summary.processed == 0:
+                # A fatal error before any row (an unreadable list file, say) leaves no
+                # empty output behind to block the rerun with "already exists".
+                options.out.unlink(missing_ok=True)
+            raise
+        finally:
+            output.close()
+            summary.interrupted = stop.is_set()
+            summary.tick()
+    return summary
+
+
+def _caption_window(
+    captioner, window: _Window, output: Output, options, summary, stop, on_progress
+) -> None:
+    while True:
+        window.fill(stop)
+        if not window:
+            return
+        batch: list[tuple[_Pending, Decoded]] = []
+        decoded_count = 0
+        while window and decoded_count < captioner.batch_size and not stop.is_set():
+            pending = window.popleft()
+            decoded = pending.resolve()
+            batch.append((pending, decoded))
+            decoded_count += not isinstance(decoded, str)
+            window.fill(stop)  # refill while we wait, so decoding never idles
+        captioned = caption_batch(captioner, batch)
+        summary.count(output.write(captioned.rows))
+        if options.attention_dir is not None:
+            _save_attention(options.attention_dir, batch, captioned.results)
+        if on_progress is not None:
+            on_progress(summary)
+        if stop.is_set():
+            return
+
+
+def _save_attention(directory: Path, batch, results) -> None:
+    from ..attention_maps import save_attention_map
+
+    for (pending, image), result in zip(batch, results):
+        if isinstance(image, DecodedImage) and result.ok and result.attention is not None:
+            save_attention_map(directory, pending.key, image.pixels, result.words, result.attention)
+
+
+def estimate_total(options: RunOptions) -> int | None:
+    """About how many items the inputs hold, for the progress ETA; None when that
+    cannot be told without reading them (archives, globs, list files).
+
+    Only names are looked at: files without an image extension that the sources
+    would accept by their content are not counted, so the ETA is an estimate.
+    """
+    if options.glob is not None or options.from_list is not None:
+        return None
+    count = 0
+    for raw in options.inputs:
+        if archive_kind(str(raw)):
+            return None
+        if os.path.isfile(raw):
+            count += 1
+            continue
+        if not os.path.isdir(raw):
+            continue
+        walker = os.walk(raw) if options.recursive else [next(os.walk(raw), (raw, [], []))]
+        for _, _, files in walker:
+            for name in files:
+                if archive_kind(name):
+                    return None
+                count += os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return count

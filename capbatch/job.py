@@ -1,0 +1,291 @@
+"""The caption job every engine runs: its options, its summary, the per-key resume
+rule, rows for keyed items, the per-batch inference guard, and which options
+each engine accepts.
+
+An engine (capbatch.engines.local, capbatch.engines.ray_driver) only schedules:
+it gets items with a key and a path, decodes them, hands batches to
+`caption_batch`, writes the rows through capbatch.output and counts what was
+written with `RunSummary.count`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+from .captioner import Captioner, CaptionResult, error_result
+from .decode import DecodedImage, decode_image
+from .errors import ExitCode, InputDecodeError, UsageError
+from .output import Output
+from .preprocess import PreprocessSpec
+from .providers import cpu_thread_count
+from .rows import OK, Row
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+# The options that only one engine takes, as the CLI spells them, with the reason:
+# declared once, checked by the CLI before anything loads and by each engine's API.
+ENGINE_ONLY: dict[str, tuple[Engine, str]] = {
+    "--workers": (Engine.local, "Ray runs decode tasks itself"),
+    "--threads": (Engine.local, "Ray actors use one CPU each"),
+    "--attention-dir": (Engine.local, "Ray actors return rows only"),
+    "--format txt": (Engine.local, "--engine ray writes csv, jsonl or parquet, not sidecars"),
+    "--ray-address": (Engine.ray, ""),
+    "--actors": (Engine.ray, ""),
+}
+
+
+def check_engine_options(engine: Engine | str, given: Iterable[str]) -> None:
+    """UsageError for the first of `given` (ENGINE_ONLY names) another engine owns."""
+    engine = Engine(engine)
+    for flag in given:
+        owner, reason = ENGINE_ONLY[flag]
+        if owner is engine:
+            continue
+        if owner is Engine.ray:
+            raise UsageError(f"{flag} needs --engine ray")
+        raise UsageError(f"{flag} applies to the local engine only ({reason})")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What to caption and where to write it (the CLI's options, validated)."""
+
+    inputs: tuple[str, ...] = ()
+    out: Path = Path("captions.csv")
+    fmt: str | None = None  # None: from the output's extension
+    recursive: bool = True
+    glob: str | None = None
+    from_list: str | None = None  # a file of paths, or "-" for stdin
+    workers: int | None = None  # decode threads (local engine); None = one per core
+    resume: bool = False
+    overwrite: bool = False
+    retry_errors: bool = False  # resume, and redo keys whose row is an error
+    overwrite_sidecars: bool = False  # --format txt: replace existing .txt sidecars
+    attention_dir: Path | None = None  # local engine
+
+    def __post_init__(self) -> None:
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
+        if self.retry_errors and self.overwrite:
+            raise ValueError("--retry-errors and --overwrite exclude each other")
+        if not self.inputs and self.from_list is None:
+            raise ValueError("no inputs: give files, folders or archives, or --from-list FILE")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise ValueError(f"workers must be an integer >= 1, got {self.workers!r}")
+
+    @property
+    def resuming(self) -> bool:
+        return self.resume or self.retry_errors
+
+    @property
+    def decode_workers(self) -> int:
+        return self.workers or cpu_thread_count()
+
+    def engine_flags(self) -> list[str]:
+        """The ENGINE_ONLY options these options set."""
+        given = {
+            "--workers": self.workers is not None,
+            "--attention-dir": self.attention_dir is not None,
+            "--format txt": (self.fmt or "").lower() == "txt",
+        }
+        return [flag for flag, present in given.items() if present]
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    fmt: str
+    ok: int = 0
+    errors: int = 0
+    skipped: int = 0  # already done in the output (resume)
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+    started: float = field(default_factory=time.monotonic, repr=False)
+
+    def count(self, written: Sequence[Row]) -> None:
+        """Add rows as the output wrote them (a refused sidecar is an error)."""
+        ok = sum(row.status == OK for row in written)
+        self.ok += ok
+        self.errors += len(written) - ok
+        self.tick()
+
+    def tick(self) -> None:
+        self.elapsed_s = time.monotonic() - self.started
+
+    @property
+    def processed(self) -> int:
+        return self.ok + self.errors
+
+    @property
+    def images_per_s(self) -> float:
+        return self.processed / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
+        return ExitCode.SOME_FAILED if self.errors else ExitCode.OK
+
+
+# -- resume: per key, for every engine ------------------------------------------------
+
+
+def existing_output_error(target: Path) -> UsageError:
+    return UsageError(
+        f"{target} already exists; pass --resume to continue it "
+        "(--retry-errors to also redo failed images) or --overwrite to start over"
+    )
+
+
+def keys_to_keep(done: Mapping[str, str], options: RunOptions) -> dict[str, str]:
+    """The rows a run keeps, and so the keys it skips: all of them when resuming, less
+    the error rows with --retry-errors; none otherwise."""
+    if not options.resuming:
+        return {}
+    return {k: s for k, s in done.items() if s == OK or not options.retry_errors}
+
+
+def resume_output(output: Output, options: RunOptions) -> dict[str, str]:
+    """Apply --overwrite / --resume / --retry-errors to `output`, per key: an output
+    with rows is refused unless told; the error rows to retry are dropped (so each
+    key stays once). Returns the rows kept (key -> status): the keys to skip.
+    The caller then calls output.begin(append=bool(kept))."""
+    done = {} if options.overwrite else output.done()
+    if not options.overwrite and not options.resuming and output.has_content(done):
+        raise existing_output_error(output.path)
+    kept = keys_to_keep(done, options)
+    retried = [key for key in done if key not in kept] if options.resuming else []
+    if retried:
+        output.drop(retried)
+    return kept
+
+
+# -- rows for keyed items ---------------------------------------------------------------
+
+
+class Keyed(Protocol):
+    """What a row needs to know of its input: capbatch.sources.SourceItem is one."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def path(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class KeyedItem:
+    """A Keyed for engines that carry key and path apart from the source item."""
+
+    key: str
+    path: str | None
+
+
+Decoded = DecodedImage | str  # the encoder's input, or why the input has none
+
+
+def decode_or_reason(data: bytes, spec: PreprocessSpec) -> Decoded:
+    """Image file bytes -> the encoder's input, or the reason there is none (never
+    raises: a decoder bug on one input must not stop the run)."""
+    try:
+        return decode_image(data, spec)
+    except InputDecodeError as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"decode failed: {type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class CaptionedBatch:
+    rows: list[Row]  # one per item, in batch order
+    results: list[CaptionResult]  # one per item (an error result where decoding failed)
+
+
+def infer(captioner: Captioner, images: Sequence[DecodedImage]) -> list[CaptionResult]:
+    """The per-batch inference guard: an onnxruntime failure on a batch becomes error
+    results for its images (the run goes on), never an exception."""
+    try:
+        return captioner.caption_decoded(images)
+    except Exception as exc:
+        reason = f"inference failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return [error_result(reason, image.width, image.height) for image in images]
+
+
+def row_for(item: Keyed, result: CaptionResult, model_id: str) -> Row:
+    return Row(
+        key=item.key,
+        path=item.path,
+        caption=result.caption,
+        score=None if result.score is None else round(result.score, 6),
+        status=result.status,
+        error=result.error,
+        width=result.width,
+        height=result.height,
+        model_id=model_id,
+    )
+
+
+def caption_batch(captioner: Captioner, batch: Sequence[tuple[Keyed, Decoded]]) -> CaptionedBatch:
+    """Caption the decoded items of a batch (guarded) -> one row per item, in order."""
+    captioned = iter(infer(captioner, [d for _, d in batch if not isinstance(d, str)]))
+    results = [error_result(d) if isinstance(d, str) else next(captioned) for _, d in batch]
+    rows = [row_for(item, result, captioner.model_id) for (item, _), result in zip(batch, results)]
+    return CaptionedBatch(rows, results)
+
+
+# -- signals ----------------------------------------------------------------------------
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event):
+    """SIGINT/SIGTERM set `stop` (finish the batch, flush, exit 3); a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, handle)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+__all__ = [
+    "CaptionedBatch",
+    "Decoded",
+    "ENGINE_ONLY",
+    "Engine",
+    "Keyed",
+    "KeyedItem",
+    "RunOptions",
+    "RunSummary",
+    "caption_batch",
+    "decode_or_reason",
+    "check_engine_options",
+    "existing_output_error",
+    "infer",
+    "keys_to_keep",
+    "resume_output",
+    "row_for",
+    "stop_on_signals",
+]

@@ -1,0 +1,202 @@
+"""CSV and JSONL outputs: whole rows appended, flushed and fsynced per write().
+
+A crash can at worst leave a torn LAST record: reading (`read_done`) ignores
+it, and opening with append=True cuts it off before appending.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import OutputError
+from ..rows import ERROR, ROW_FIELDS, Row
+from .durable import output_error, replace_atomically, truncate
+
+
+@dataclass
+class _Scan:
+    records: list[dict]  # complete records, file order
+    end: int  # byte offset just past the last complete record
+    size: int  # file size; end < size means a torn tail
+
+
+def _scan_jsonl(out: Path) -> _Scan:
+    records, end, offset = [], 0, 0
+    with open(out, "rb") as handle:
+        for raw in handle:
+            offset += len(raw)
+            if not raw.endswith(b"\n"):
+                break  # torn last line
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue  # not ours to judge mid-file; it simply is not a done row
+            if isinstance(record, dict) and isinstance(record.get("key"), str):
+                records.append(record)
+            end = offset
+    return _Scan(records, end, out.stat().st_size)
+
+
+def _scan_csv(out: Path) -> _Scan:
+    records, end = [], 0
+    position = {"offset": 0, "newline": True}
+    with open(out, "rb") as handle:
+
+        def lines() -> Iterator[str]:
+            for raw in handle:
+                position["offset"] += len(raw)
+                position["newline"] = raw.endswith(b"\n")
+                yield raw.decode("utf-8", "replace")
+
+        # The reader pulls exactly the lines of one record, so after each record
+        # `position` is the byte offset just past it (quoted newlines included).
+        reader = csv.reader(lines(), strict=True)
+        header_seen = False
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                if handle.read(1) == b"":
+                    break  # an unterminated quote at the end: a torn last record
+                raise OutputError(f"{out} is not a readable CSV: {exc}") from None
+            if not position["newline"]:
+                break  # torn last record
+            if not header_seen:
+                if tuple(fields) != ROW_FIELDS:
+                    raise OutputError(
+                        f"{out} exists but is not a capbatch CSV (header {fields[:4]}...); "
+                        "choose another output or start over"
+                    )
+                header_seen = True
+            elif len(fields) == len(ROW_FIELDS):
+                records.append(dict(zip(ROW_FIELDS, fields)))
+            end = position["offset"]
+    return _Scan(records, end, out.stat().st_size)
+
+
+class LineWriter:
+    """Shared by CSV and JSONL: append text, flush + fsync per write()."""
+
+    _scan = staticmethod(_scan_jsonl)  # each format names its own scanner
+
+    def __init__(self, out: Path, *, append: bool, overwrite_sidecars: bool = False) -> None:
+        self.out = out
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fresh = not append or not out.exists() or out.stat().st_size == 0
+            if not fresh:
+                scan = self._scan(out)
+                if scan.end < scan.size:
+                    truncate(out, scan.end)
+                fresh = scan.end == 0  # nothing complete, not even a header
+            self._handle = open(out, "w" if fresh else "a", encoding="utf-8", newline="")
+            if fresh:
+                self._append(self._header())
+        except OSError as exc:
+            raise output_error(out, exc) from None
+
+    def _header(self) -> str:
+        return ""
+
+    @staticmethod
+    def _format_records(records: Sequence[dict]) -> str:
+        raise NotImplementedError
+
+    def _append(self, text: str) -> None:
+        if not text:
+            return
+        self._handle.write(text)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def write(self, rows: Sequence[Row]) -> list[Row]:
+        """Append whole rows (flushed + fsynced); returns them, as written."""
+        if not rows:
+            return []
+        try:
+            self._append(self._format_records([row.to_record() for row in rows]))
+        except OSError as exc:
+            # A disk-full write may leave a torn row: resume truncates it.
+            raise output_error(self.out, exc) from None
+        return list(rows)
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            try:
+                self._handle.close()
+            except OSError as exc:
+                raise output_error(self.out, exc) from None
+
+    @classmethod
+    def read_done(cls, out: Path) -> dict[str, str]:
+        done: dict[str, str] = {}
+        if not out.exists():
+            return done
+        for record in cls._scan(out).records:  # later rows win: a retried key's newest
+            done[str(record["key"])] = str(record.get("status") or ERROR)
+        return done
+
+    @classmethod
+    def drop_keys(cls, out: Path, keys: Collection[str]) -> int:
+        if not out.exists() or not keys:
+            return 0
+        scan = cls._scan(out)
+        kept = [record for record in scan.records if record["key"] not in keys]
+        dropped = len(scan.records) - len(kept)
+        if dropped:
+            text = cls._header_text() + cls._format_records(kept)
+            replace_atomically(out, text.encode("utf-8"))
+        return dropped
+
+    @staticmethod
+    def _header_text() -> str:
+        return ""
+
+
+class CsvWriter(LineWriter):
+    """RFC 4180 CSV via the csv module: header once, fields quoted as needed."""
+
+    _scan = staticmethod(_scan_csv)
+
+    def _header(self) -> str:
+        return self._header_text()
+
+    @staticmethod
+    def _header_text() -> str:
+        buffer = io.StringIO()
+        csv.writer(buffer).writerow(ROW_FIELDS)
+        return buffer.getvalue()
+
+    @staticmethod
+    def _format_records(records: Sequence[dict]) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        for record in records:
+            writer.writerow(["" if record[name] is None else record[name] for name in ROW_FIELDS])
+        return buffer.getvalue()
+
+
+class JsonlWriter(LineWriter):
+    """One JSON object per line; newlines inside values are escaped by JSON itself."""
+
+    _scan = staticmethod(_scan_jsonl)
+
+    @staticmethod
+    def _format_records(records: Sequence[dict]) -> str:
+        return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
+def read_jsonl_rows(path: Path) -> Iterator[Row]:
+    """The complete rows of a JSONL output, in file order (a torn tail ignored)."""
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.endswith("\n"):
+                yield Row.from_record(json.loads(line))

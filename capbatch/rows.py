@@ -1,0 +1,76 @@
+"""The output row: its fields, statuses and Parquet schema, declared once.
+
+Every engine and every output format writes these rows; the Ray engine's
+stages carry them as plain records (`Row.to_record()` / `Row(**record)`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .sources import escape_undecodable
+
+OK = "ok"
+ERROR = "error"
+STATUSES = (OK, ERROR)
+
+# (name, Arrow type name) in file order: the CSV header, the JSON keys and the
+# Parquet columns all come from this table.
+_FIELD_TYPES: tuple[tuple[str, str], ...] = (
+    ("key", "string"),
+    ("path", "string"),
+    ("caption", "string"),
+    ("score", "float64"),
+    ("status", "string"),
+    ("error", "string"),
+    ("width", "int64"),
+    ("height", "int64"),
+    ("model_id", "string"),
+)
+ROW_FIELDS: tuple[str, ...] = tuple(name for name, _ in _FIELD_TYPES)
+_TEXT_FIELDS = tuple(name for name, kind in _FIELD_TYPES if kind == "string")
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    path: str | None
+    caption: str | None
+    score: float | None
+    status: str  # "ok" | "error"
+    error: str | None
+    width: int | None
+    height: int | None
+    model_id: str
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"row status must be one of {STATUSES}, got {self.status!r}")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def to_record(self) -> dict:
+        """Plain values in ROW_FIELDS order, every string safe to encode as UTF-8."""
+        record = asdict(self)
+        for name in _TEXT_FIELDS:
+            if record[name] is not None:
+                record[name] = escape_undecodable(str(record[name]))
+        if record["score"] is not None:
+            score = float(record["score"])
+            # NaN/inf have no JSON spelling and no meaning as a confidence.
+            record["score"] = score if math.isfinite(score) else None
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict) -> Row:
+        """A row from a record holding at least ROW_FIELDS (extra columns ignored)."""
+        return cls(**{name: record[name] for name in ROW_FIELDS})
+
+
+def parquet_schema(pa, leading: tuple = ()):
+    """The Parquet schema of output rows; `leading` (name, type) fields go first (the
+    Ray engine's shard bookkeeping)."""
+    return pa.schema([*leading, *((name, getattr(pa, kind)()) for name, kind in _FIELD_TYPES)])
