@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..bundle import bundle_facts
 from ..captioner import CaptionerArgs
 from ..job import Engine, RunOptions, check_engine_options
 from ..output import Output, open_output
@@ -25,7 +26,6 @@ from ..rows import OK, Row
 from .ray_options import (
     RayOptions,
     RaySummary,
-    bundle_facts,
     check_resources,
     data_context,
     import_ray,
@@ -168,7 +168,8 @@ def run_on_ray(
     import_ray()  # the one-line install hint before anything else
     check_engine_options(Engine.ray, options.engine_flags())
     layout = OutputLayout.for_output(options.out, options.fmt)
-    model_id, spec = bundle_facts(args.model)
+    facts = bundle_facts(args.model)
+    model_id, spec = facts.model_id, facts.preprocess
     shards = plan_shards(options, ray_options.shard_size)
     summary = RaySummary(out=options.out, fmt=layout.fmt, shards=len(shards))
     with OutputLock(layout.lock_target):

@@ -9,9 +9,8 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from ..errors import BundleError, ExitCode, MissingDependencyError, UsageError
+from ..errors import ExitCode, MissingDependencyError, UsageError
 from ..job import RunSummary
-from ..preprocess import PreprocessSpec
 from ..providers import Device, cpu_thread_count, parse_device
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'capbatch[ray]'"
@@ -75,20 +74,6 @@ class RaySummary(RunSummary):
         if self.interrupted:
             return ExitCode.INTERRUPTED
         return ExitCode.SOME_FAILED if self.errors or self.failed_shards else ExitCode.OK
-
-
-def bundle_facts(model) -> tuple[str, PreprocessSpec]:
-    """model_id and preprocessing from the verified manifest, without opening sessions
-    (the driver of a GPU cluster may have no GPU)."""
-    from ..bundle import resolve_bundle_dir
-    from ..manifest import verify_bundle
-
-    bundle_dir = resolve_bundle_dir(model)
-    manifest = verify_bundle(bundle_dir)
-    try:
-        return str(manifest["model_id"]), PreprocessSpec(**manifest["preprocess"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"manifest of {bundle_dir} is incomplete: {exc!r}") from exc
 
 
 def check_resources(resources: dict, device: str, ray_options: RayOptions) -> None:

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle import bundle_facts
 from ..captioner import Captioner, CaptionerArgs
 from ..decode import DecodedImage
 from ..job import Decoded, KeyedItem, caption_batch, decode_or_reason
 from ..preprocess import PreprocessSpec
 from ..rows import ROW_FIELDS, parquet_schema
 from ..sources import escape_undecodable, iter_sources
-from .ray_options import RayOptions, bundle_facts, import_ray
+from .ray_options import RayOptions, import_ray
 
 # Columns the stages carry besides the row: which shard, and the shard's end marker.
 _SHARD_COLUMNS = ("shard", "end", "count")
@@ -182,7 +183,7 @@ def caption_dataset(
     DataContext.execution_options.preserve_order = True.
     """
     ray = import_ray()
-    spec = spec or bundle_facts(args.model)[1]
+    spec = spec or bundle_facts(args.model).preprocess
     ray_options = RayOptions(actors=actors, gpus_per_actor=gpus_per_actor)
     decoded = items.map(decode_item, fn_kwargs={"spec": spec.to_dict()})
     captioned = caption_stage(ray, decoded, args, ray_options)
