@@ -95,16 +95,16 @@ def _star_vertices() -> np.ndarray:
 
 def _heart(p: np.ndarray) -> np.ndarray:
     """Quilez's heart: bottom tip at (0, 0), about 1.2 tall; shifted to centre it."""
-    q = np.stack([np.abs(p[..., 0]), p[..., 1] + 0.6], axis=-1) * 0.9
+    q = np.stack([np.abs(p[..., 0]), p[..., 1] + 0.8], axis=-1) * 0.67
     upper = _length(q - np.array([0.25, 0.75])) - math.sqrt(2.0) / 4.0
     tip = ((q - np.array([0.0, 1.0])) ** 2).sum(axis=-1)
     half = 0.5 * np.maximum(q[..., 0] + q[..., 1], 0.0)[..., None]
     side = ((q - half) ** 2).sum(axis=-1)
     lower = np.sqrt(np.minimum(tip, side)) * np.sign(q[..., 0] - q[..., 1])
-    return np.where(q[..., 1] + q[..., 0] > 1.0, upper, lower) / 0.9
+    return np.where(q[..., 1] + q[..., 0] > 1.0, upper, lower) / 0.67
 
 
-_TRIANGLE = _ring(3, 1.0, 90.0) - np.array([0.0, -0.25])  # centred on its box
+_TRIANGLE = _ring(3, 1.0, 90.0) - np.array([0.0, 0.25])  # centred on its box
 _HEXAGON = _ring(6, 1.0, 0.0)
 _DIAMOND = np.array([[0.0, 1.0], [0.7, 0.0], [0.0, -1.0], [-0.7, 0.0]])
 _STAR = _star_vertices()
