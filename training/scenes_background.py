@@ -129,8 +129,7 @@ def draw_background(
         if style == "photo":
             canvas = canvas + rng.normal(0, GRAIN_SIGMA, size=canvas.shape)
         pixels = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
-        sample = pixels[::3, ::3]
-        if not any(pixels_in_region(sample, c).any() for c in set(object_colours)):
+        if not any(pixels_in_region(pixels, c).any() for c in set(object_colours)):
             return pixels, {"style": style, "tone": [int(v) for v in base]}
     # Two-tone blends can pass through an object's colour; one plain tone cannot.
     base = _tone(rng, object_colours)

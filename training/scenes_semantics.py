@@ -43,11 +43,11 @@ class ColourRegion:
 COLOUR_REGIONS: dict[str, ColourRegion] = {
     "red": ColourRegion((350.0, 368.0), (0.75, 1.0), (0.55, 1.0)),  # 368 = 8 degrees, wrapped
     "orange": ColourRegion((20.0, 32.0), (0.80, 1.0), (0.85, 1.0)),
-    "yellow": ColourRegion((47.0, 58.0), (0.70, 1.0), (0.85, 1.0)),
+    "yellow": ColourRegion((47.0, 64.0), (0.70, 1.0), (0.85, 1.0)),
     "green": ColourRegion((100.0, 145.0), (0.60, 1.0), (0.45, 1.0)),
     "blue": ColourRegion((205.0, 235.0), (0.65, 1.0), (0.50, 1.0)),
     "purple": ColourRegion((270.0, 295.0), (0.55, 1.0), (0.45, 0.90)),
-    "white": ColourRegion(None, (0.0, 0.08), (0.90, 1.0)),
+    "white": ColourRegion(None, (0.0, 0.10), (0.88, 1.0)),
     "black": ColourRegion(None, (0.0, 1.0), (0.0, 0.14)),
 }
 
