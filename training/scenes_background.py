@@ -101,9 +101,9 @@ def _hsv_arrays(pixels: np.ndarray):
     return (hue * 60.0) % 360.0, saturation, high
 
 
-def pixels_in_region(pixels: np.ndarray, colour: str) -> np.ndarray:
-    """Boolean per pixel: inside the named colour's region."""
-    hue, saturation, value = _hsv_arrays(pixels)
+def pixels_in_region(pixels: np.ndarray, colour: str, hsv=None) -> np.ndarray:
+    """Boolean per pixel: inside the named colour's region (`hsv`: _hsv_arrays(pixels))."""
+    hue, saturation, value = hsv if hsv is not None else _hsv_arrays(pixels)
     region = COLOUR_REGIONS[colour]
     inside = (saturation >= region.saturation[0]) & (saturation <= region.saturation[1])
     inside &= (value >= region.value[0]) & (value <= region.value[1])
@@ -129,7 +129,11 @@ def draw_background(
         if style == "photo":
             canvas = canvas + rng.normal(0, GRAIN_SIGMA, size=canvas.shape)
         pixels = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
-        if not any(pixels_in_region(pixels, c).any() for c in set(object_colours)):
+        # A plain tone already keeps the margin; blends and grain are checked pixel by pixel.
+        hsv = None if style == "plain" else _hsv_arrays(pixels)
+        if hsv is None or not any(
+            pixels_in_region(pixels, c, hsv).any() for c in sorted(set(object_colours))
+        ):
             return pixels, {"style": style, "tone": [int(v) for v in base]}
     # Two-tone blends can pass through an object's colour; one plain tone cannot.
     base = _tone(rng, object_colours)
