@@ -58,9 +58,15 @@ from .scenes_grammar import (
     semantic_accuracy,
 )
 from .scenes_plan import (
+    RENDERER_SPLIT,
+    SPLITS,
     Holdout,
     assign_buckets,
     choose_holdout,
+    load_holdout,
+    load_scene_facts,
+    load_scene_records,
+    load_splits,
     novel_reasons,
     plan_scene,
     relation_key,
@@ -97,8 +103,6 @@ __all__ = [
     "mismatch_counts",
 ]
 
-SPLITS = ("train", "val", "test", "test_novel")
-RENDERER_SPLIT = "test_renderer"  # drawn by scenes_sdf, never trained on
 STYLES = ("v1", "v2")  # v1: the shipped model's data; v2: domain-randomised
 CAPTIONS_PER_IMAGE = 5
 RENDERER_STREAM = 0x5DF  # seeds the renderer's scenes apart from the generator's
@@ -330,15 +334,7 @@ def generate_dataset(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out_dir)
-    images_dir = out / "images"
-    if images_dir.exists() and any(images_dir.iterdir()):
-        if not overwrite:
-            raise UsageError(f"{images_dir} is not empty; pass overwrite=True / --overwrite")
-        for pattern in ("scene_*.*", "render_*.*"):
-            for stale in images_dir.glob(pattern):
-                stale.unlink()
-    images_dir.mkdir(parents=True, exist_ok=True)
-
+    images_dir = _empty_images_dir(out, overwrite)
     holdout = choose_holdout(seed)
     jobs = _jobs(options, holdout, images_dir)
     splits: dict[str, list[str]] = {name: [] for name in SPLITS}
@@ -366,49 +362,39 @@ def generate_dataset(
                 for record in pool.imap(_render_and_save, jobs, chunksize=32):
                     write(record)
 
-    manifest = {
-        **splits,
-        "holdout": holdout.to_dict(),
-        "seed": seed,
-        "n": n,
-        "image_size": image_size,
-    }
-    # v1 datasets keep their old splits.json bytes; the new settings are recorded when used.
-    if style != "v1":
-        manifest["style"] = style
-    if renderer_scenes:
-        manifest["renderer_scenes"] = renderer_scenes
-    if only is not None:
-        manifest["only"] = sorted(options.only)
+    manifest = _manifest(splits, holdout, options)
     (out / "splits.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return out
 
 
-# --------------------------------------------------------------------------- readers
+def _empty_images_dir(out: Path, overwrite: bool) -> Path:
+    images_dir = out / "images"
+    if images_dir.exists() and any(images_dir.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{images_dir} is not empty; pass overwrite=True / --overwrite")
+        for pattern in ("scene_*.*", "render_*.*"):
+            for stale in images_dir.glob(pattern):
+                stale.unlink()
+    images_dir.mkdir(parents=True, exist_ok=True)
+    return images_dir
 
 
-def load_scene_records(data_dir: str | Path) -> list[dict]:
-    """scenes.jsonl as a list of records, in image order."""
-    path = Path(data_dir) / "scenes.jsonl"
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def load_scene_facts(data_dir: str | Path) -> dict[str, SceneFacts]:
-    """image name -> the scene's true facts (sizes included)."""
-    return {r["image"]: SceneFacts.from_dict(r["facts"]) for r in load_scene_records(data_dir)}
-
-
-def load_splits(data_dir: str | Path) -> dict[str, list[str]]:
-    """split name (train, val, test, test_novel, and test_renderer if drawn) -> image names."""
-    data = json.loads((Path(data_dir) / "splits.json").read_text(encoding="utf-8"))
-    names = SPLITS + ((RENDERER_SPLIT,) if RENDERER_SPLIT in data else ())
-    return {name: list(data[name]) for name in names}
-
-
-def load_holdout(data_dir: str | Path) -> Holdout:
-    data = json.loads((Path(data_dir) / "splits.json").read_text(encoding="utf-8"))
-    return Holdout.from_dict(data["holdout"])
+def _manifest(splits: dict, holdout: Holdout, options: SceneDatasetOptions) -> dict:
+    manifest = {
+        **splits,
+        "holdout": holdout.to_dict(),
+        "seed": options.seed,
+        "n": options.n,
+        "image_size": options.image_size,
+    }
+    # v1 datasets keep their old splits.json bytes; the new settings are recorded when used.
+    if options.style != "v1":
+        manifest["style"] = options.style
+    if options.renderer_scenes:
+        manifest["renderer_scenes"] = options.renderer_scenes
+    if options.only is not None:
+        manifest["only"] = sorted(options.only)
+    return manifest
 
 
 # --------------------------------------------------------------------------- CLI

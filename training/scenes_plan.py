@@ -1,4 +1,5 @@
-"""What each scene holds: the held-out compositions, the split of each index, the facts planned.
+"""What each scene holds: the held-out compositions, the split of each index, the facts planned;
+and the readers of a written dataset's splits.json and scenes.jsonl.
 
 Planning is separate from drawing: the training generator (scenes_draw.py,
 scenes_v2.py) and the independent renderer (scenes_sdf.py) draw the same
@@ -8,19 +9,21 @@ planned facts, so a split's facts do not depend on who draws them.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from .scenes_grammar import COLOURS, SHAPES, SIZES, SceneFacts
 
+SPLITS = ("train", "val", "test", "test_novel")
+RENDERER_SPLIT = "test_renderer"  # drawn by scenes_sdf, never trained on
 KIND_WEIGHTS = {"single": 0.2, "pair": 0.55, "count": 0.25}  # relations are the hard part
 COUNT_WEIGHTS = {2: 0.6, 3: 0.4}
 
 # --------------------------------------------------------------------------- holdout and splits
-
-SPLITS = ("train", "val", "test", "test_novel")
 
 
 @dataclass(frozen=True)
@@ -155,3 +158,30 @@ def plan_scene(rng: np.random.Generator, bucket: str, holdout: Holdout) -> Scene
     if rng.random() < 0.5:
         first, second = second, first
     return ScenePlan(kind, ((*first, _size(rng)), (*second, _size(rng))), axis)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def load_scene_records(data_dir: str | Path) -> list[dict]:
+    """scenes.jsonl as a list of records, in image order."""
+    path = Path(data_dir) / "scenes.jsonl"
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def load_scene_facts(data_dir: str | Path) -> dict[str, SceneFacts]:
+    """image name -> the scene's true facts (sizes included)."""
+    return {r["image"]: SceneFacts.from_dict(r["facts"]) for r in load_scene_records(data_dir)}
+
+
+def load_splits(data_dir: str | Path) -> dict[str, list[str]]:
+    """split name (train, val, test, test_novel, and test_renderer if drawn) -> image names."""
+    data = json.loads((Path(data_dir) / "splits.json").read_text(encoding="utf-8"))
+    names = SPLITS + ((RENDERER_SPLIT,) if RENDERER_SPLIT in data else ())
+    return {name: list(data[name]) for name in names}
+
+
+def load_holdout(data_dir: str | Path) -> Holdout:
+    data = json.loads((Path(data_dir) / "splits.json").read_text(encoding="utf-8"))
+    return Holdout.from_dict(data["holdout"])

@@ -151,6 +151,12 @@ def _radius_for(rng, size: str, count: int, short: int) -> float:
 # --------------------------------------------------------------------------- placement
 
 
+def _uniform(rng, low: float, high: float) -> float:
+    if high < low:
+        raise ValueError("no room")
+    return float(rng.uniform(low, high))
+
+
 def _centres(rng, radii: list[float], axis: str | None, canvas) -> list[tuple[float, float]]:
     """Centres: a pair straddles a split line across its axis; others anywhere, apart."""
     width, height = canvas
@@ -158,9 +164,9 @@ def _centres(rng, radii: list[float], axis: str | None, canvas) -> list[tuple[fl
     if axis is not None:
         along, across = (width, height) if axis == "horizontal" else (height, width)
         split = float(rng.uniform(0.42, 0.58)) * along
-        a = float(rng.uniform(pad + radii[0], split - pad - radii[0]))
-        b = float(rng.uniform(split + pad + radii[1], along - pad - radii[1]))
-        middle = float(rng.uniform(max(radii) + pad, across - max(radii) - pad))
+        a = _uniform(rng, pad + radii[0], split - pad - radii[0])
+        b = _uniform(rng, split + pad + radii[1], along - pad - radii[1])
+        middle = _uniform(rng, max(radii) + pad, across - max(radii) - pad)
         drift = 0.2 * (b - a)
         offsets = [float(rng.uniform(-drift, drift)) / 2 for _ in range(2)]
         cross = [min(max(middle + o, r + pad), across - r - pad) for o, r in zip(offsets, radii)]
@@ -171,8 +177,8 @@ def _centres(rng, radii: list[float], axis: str | None, canvas) -> list[tuple[fl
     for r in radii:
         for _ in range(500):
             c = (
-                float(rng.uniform(r + pad, width - r - pad)),
-                float(rng.uniform(r + pad, height - r - pad)),
+                _uniform(rng, r + pad, width - r - pad),
+                _uniform(rng, r + pad, height - r - pad),
             )
             if all(math.dist(c, o) > r + ro + pad for o, ro in zip(centres, radii)):
                 centres.append(c)
@@ -216,8 +222,12 @@ def _try_layout(rng, objects, axis, canvas):
         for (_, shape, _), r, t, c in zip(objects, radii, tilts, centres)
     ]
     boxes = [box for _, box in drawn]
-    ok = _apart(boxes, short) and all(
-        size_is_clear(box, canvas, size) for box, (_, _, size) in zip(boxes, objects)
+    width, height = canvas
+    inside = all(b[0] > 0 and b[1] > 0 and b[2] < width and b[3] < height for b in boxes)
+    ok = (
+        inside
+        and _apart(boxes, short)
+        and all(size_is_clear(box, canvas, size) for box, (_, _, size) in zip(boxes, objects))
     )
     if axis is not None:
         ok = ok and relation_holds(boxes[0], boxes[1], axis, 0.04 * short, canvas)
