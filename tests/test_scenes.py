@@ -441,3 +441,21 @@ def test_scenes_need_neither_torch_nor_a_training_extra():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_style_v1_still_draws_the_shipped_samples_byte_for_byte():
+    """The shipped model and samples/ came from style v1: its bytes must never drift."""
+    import io
+
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    options = SceneDatasetOptions(n=10_000, seed=0)
+    buckets = assign_buckets(10_000, 0, 0.05, 0.05, 0.05)
+    holdout = choose_holdout(0)
+    for name in ("scene_000451.jpg", "scene_009584.jpg"):
+        index = int(name[6:12])
+        image, record = render_scene(index, buckets[index], holdout, options)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=95, subsampling=0)
+        assert buffer.getvalue() == (samples / name).read_bytes()
+        truth = load_scene_facts(samples)[name]
+        assert SceneFacts.from_dict(record["facts"]) == truth
