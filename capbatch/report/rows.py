@@ -130,7 +130,7 @@ def to_report_row(record: dict, index: int) -> ReportRow:
     error = _text(record.get("error"))
     if status != "ok" and error is None:
         raw = _text(record.get("status"))
-        error = f"status {raw!r}" if raw else "error (no reason given)"
+        error = f"status {raw!r}" if raw not in (None, "error") else "error (no reason given)"
     return ReportRow(
         index=index,
         key=key,
