@@ -46,8 +46,14 @@ def make_images(directory: Path, count: int, seed: int = 0) -> list[Path]:
         image = Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8), "RGB")
         draw = ImageDraw.Draw(image)
         for _ in range(3):
-            x, y, r = int(rng.integers(40, 600)), int(rng.integers(40, 440)), int(rng.integers(20, 90))
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+            x, y, r = (
+                int(rng.integers(40, 600)),
+                int(rng.integers(40, 440)),
+                int(rng.integers(20, 90)),
+            )
+            draw.ellipse(
+                (x - r, y - r, x + r, y + r), fill=tuple(int(c) for c in rng.integers(0, 256, 3))
+            )
         path = directory / f"img-{index:05d}.jpg"
         image.save(path, quality=85)
         paths.append(path)
@@ -63,7 +69,9 @@ def write_rows(path: Path, images: list[Path], rows: int, seed: int = 1) -> None
             image = images[index % len(images)]
             key = f"{image.parent.name}/{index:06d}/{image.name}"
             if rng.random() < 0.02:
-                writer.writerow([key, str(image), "", "", "error", "truncated JPEG", "", "", "m", "", ""])
+                writer.writerow(
+                    [key, str(image), "", "", "error", "truncated JPEG", "", "", "m", "", ""]
+                )
                 continue
             caption = " ".join(rng.choice(WORDS, int(rng.integers(3, 10))))
             score = f"{-rng.random():.6f}"
@@ -146,7 +154,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--small", type=int, default=1_000, help="a smaller run, for flat memory")
-    parser.add_argument("--distinct", type=int, default=500, help="distinct images the rows cycle over")
+    parser.add_argument(
+        "--distinct", type=int, default=500, help="distinct images the rows cycle over"
+    )
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--no-browser", action="store_true")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
@@ -162,7 +172,9 @@ def main(argv=None) -> dict:
             run = root / f"{label}.csv"
             write_rows(run, images, rows)
             report[f"{label}_embedded"] = generate(run, root / f"{label}.html", False, args.workers)
-        report["large_linked"] = generate(root / "large.csv", root / "linked.html", True, args.workers)
+        report["large_linked"] = generate(
+            root / "large.csv", root / "linked.html", True, args.workers
+        )
         if not args.no_browser:
             report["browser_embedded"] = browse(root / "large.html", args.chromium)
             report["browser_linked"] = browse(root / "linked.html", args.chromium)

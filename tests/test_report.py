@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import importlib.util
 import io
 import json
 import re
@@ -336,3 +337,29 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
     code, err = run_cli(capsys, "report", tmp_path, "--out", tmp_path / "r.html")
     assert code == 2 and "folder without capbatch shards" in err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_the_docs_python_example_runs(tmp_path, monkeypatch):
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "report.md").read_text()
+    example = re.search(r"```python\n(.*?)```", docs, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    write_csv(
+        tmp_path / "captions.csv", [record("a.png"), record("b.png", status="error", error="x")]
+    )
+    (tmp_path / "maps").mkdir()
+    namespace: dict = {}
+    exec(compile(example, "docs/report.md", "exec"), namespace)
+    assert (namespace["result"].summary.rows, namespace["result"].summary.errors) == (2, 1)
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_scale_benchmark_runs_tiny(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "report_scale.py"
+    spec = importlib.util.spec_from_file_location("report_scale", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main(["--rows", "24", "--small", "8", "--distinct", "3", "--no-browser",
+                          "--workers", "1", "--out-json", str(tmp_path / "r.json")])  # fmt: skip
+    assert report["large_embedded"]["peak_rss_mb"] > 0
+    assert report["large_embedded"]["html_mb"] > report["large_linked"]["html_mb"]
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == 24
