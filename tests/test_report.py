@@ -122,7 +122,8 @@ def test_a_ray_shards_folder_is_read_in_shard_order(tmp_path):
     shards = tmp_path / "out.shards"
     shards.mkdir()
     for index, keys in enumerate([["a", "b"], ["c"]]):
-        lines = [json.dumps({"shard": index, **record(k)}) for k in keys]
+        lines = [json.dumps({"shard": index, "end": False, **record(k)}) for k in keys]
+        lines.append(json.dumps({"shard": index, "end": True, "count": len(keys), "key": ""}))
         (shards / f"shard-{index:05d}.jsonl").write_text("\n".join(lines) + "\n")
     rows = list(open_rows(shards))
     assert [r.key for r in rows] == ["a", "b", "c"] and rows[0].extra == {}

@@ -27,7 +27,7 @@ KNOWN_COLUMNS = frozenset(
     }
 )  # fmt: skip
 # Ray shard bookkeeping columns: not row data, never shown.
-HIDDEN_COLUMNS = frozenset({"shard", "shard_index", "position", "__index_level_0__"})
+HIDDEN_COLUMNS = frozenset({"shard", "end", "count", "__index_level_0__"})
 EXTRA_VALUE_CHARS = 300
 PARQUET_BATCH_ROWS = 1024
 _TRUE = frozenset({"true", "1", "yes", "y", "t"})
@@ -71,6 +71,8 @@ class RowStream:
         index = 0
         for path in self.files:
             for record in _RECORDERS[self.fmt](path, self):
+                if record.get("end") is True:
+                    continue  # a Ray stage's end-of-shard marker, not an image
                 yield to_report_row(record, index)
                 index += 1
 
