@@ -364,3 +364,23 @@ def test_scale_benchmark_runs_tiny(tmp_path):
     assert report["large_embedded"]["peak_rss_mb"] > 0
     assert report["large_embedded"]["html_mb"] > report["large_linked"]["html_mb"]
     assert json.loads((tmp_path / "r.json").read_text())["rows"] == 24
+
+
+def test_report_runs_without_torch(tmp_path):
+    from tests.test_captioner import run_without_torch
+
+    solid(RED).save(tmp_path / "a.png")
+    write_csv(tmp_path / "run.csv", [record("a.png")])
+    done = run_without_torch(
+        tmp_path,
+        """
+        import sys
+        from capbatch.cli import main
+        code = main(["report", "run.csv", "--out", "r.html", "-q"])
+        assert code == 0, code
+        assert "torch" not in sys.modules
+        print("ok")
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
