@@ -117,7 +117,8 @@ SCROLL_PROBE = """async () => {
     const now = performance.now(); gaps.push(now - last); last = now;
   }
   gaps.sort((a, b) => a - b);
-  return {frames: gaps.length, median: gaps[gaps.length >> 1], max: gaps[gaps.length - 1]};
+  const ms = (x) => Math.round(x * 10) / 10;
+  return {frames: gaps.length, median: ms(gaps[gaps.length >> 1]), max: ms(gaps[gaps.length - 1])};
 }"""
 
 
