@@ -127,7 +127,9 @@ def browse(html: Path, chromium: str, loads: int = 3) -> dict:
 
     results = {"load_s": []}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         for _ in range(loads):  # a fresh context each time: no cache carried over
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             page = context.new_page()
