@@ -134,6 +134,11 @@ def test_samples_report_shows_every_card_with_its_caption(open_page, samples_rep
     assert page.page.locator("#grid .card").count() == 20
     assert page.captions() == [row["caption"] for row in rows]
     assert page.texts("#grid .card .key") == [row["key"] for row in rows]
+    # Lazy, async images: wait for the first row of cards to load, then check their size.
+    page.page.wait_for_function(
+        "[...document.querySelectorAll('#grid img.thumb')].slice(0, 5)"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
     sizes = page.page.eval_on_selector_all(
         "#grid img.thumb", "imgs => imgs.map(i => [i.complete, i.naturalWidth])"
     )
