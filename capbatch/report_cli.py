@@ -80,3 +80,10 @@ def report(
             f"{result.thumbnails} with images) in {result.elapsed_s:.1f} s -> {out}",
             err=True,
         )
+    if result.summary.ok and not result.thumbnails:
+        # The usual cause: relative image paths, and a report made from another folder.
+        typer.echo(
+            "capbatch report: no image of the run was found; run the report from the folder "
+            "the caption run ran in (relative paths are tried there and beside the output)",
+            err=True,
+        )

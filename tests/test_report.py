@@ -325,6 +325,13 @@ def test_cli_captions_then_reports_with_attention(tmp_path, capsys):
     assert rows[3]["error"] == "truncated JPEG" and "img" not in rows[3]
 
 
+def test_cli_says_when_no_image_was_found(tmp_path, capsys):
+    run = write_csv(tmp_path / "run.csv", [record("photos/elsewhere.png")])
+    code, err = run_cli(capsys, "report", run, "--out", tmp_path / "r.html", "-q")
+    assert code == 0 and "no image of the run was found" in err
+    assert page_rows(tmp_path / "r.html")[0]["imgError"] == "image not found"
+
+
 def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
     code, err = run_cli(capsys, "report", tmp_path / "nothing.csv", "--out", tmp_path / "r.html")
     assert (
