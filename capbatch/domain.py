@@ -7,10 +7,11 @@ threshold on the Mahalanobis distance calibrated on held-out in-domain images
 An image further than the threshold is reported as not in domain: its caption
 describes something the model never learnt to describe.
 
-The covariance is stored as its top principal directions plus one variance for
-every other direction: the full matrix of a 1506-wide feature is 9 MB, the
-bundle has to stay small, and the low-rank form scores the same images apart
-(docs/domain-check.md has the measurement).
+The covariance is stored as its top principal directions (float16) plus one
+variance for every other direction: the full matrix of the default model's
+1506-wide feature is 9 MB, the bundle has to stay small, and the low-rank form
+separates held-out scenes from photos at least as well (docs/domain-check.md
+has the measurement).
 
 Torch-free (numpy only). The file is read with allow_pickle=False and hashed in
 the manifest like every bundle file. `export/domain_stats.py` computes it.
@@ -34,7 +35,7 @@ MANIFEST_KEY = "domain"
 METHOD = "mahalanobis-ledoit-wolf"
 FORMAT_VERSION = 1
 DEFAULT_QUANTILE = 0.99
-DEFAULT_RANK = 64
+DEFAULT_RANK = 128
 
 
 def _mean_pool(features: np.ndarray) -> np.ndarray:
@@ -141,8 +142,11 @@ class DomainCheck:
         centered = np.asarray(pooled, dtype=np.float64) - self.mean  # (B, P)
         along = centered @ self.basis  # (B, k) coordinates in the principal directions
         # Whatever the basis does not explain, measured against the residual variance.
-        outside = np.maximum((centered**2).sum(axis=1) - (along**2).sum(axis=1), 0.0)  # (B,)
-        squared = (along**2 / self.variances).sum(axis=1) + outside / self.residual_variance
+        # Taken explicitly, not as |x|^2 - |along|^2: the float16 basis is orthonormal
+        # only to ~1e-3, and the difference of two large norms would magnify that.
+        outside = centered - along @ self.basis.T  # (B, P)
+        squared = (along**2 / self.variances).sum(axis=1)
+        squared += (outside**2).sum(axis=1) / self.residual_variance
         return np.sqrt(squared)
 
     def score(self, features: np.ndarray) -> DomainScores:
@@ -176,7 +180,7 @@ class DomainCheck:
             "method": np.array(METHOD),
             "pooling": np.array(self.pooling),
             "mean": self.mean.astype(np.float32),
-            "basis": self.basis.astype(np.float32),
+            "basis": self.basis.astype(np.float16),
             "variances": self.variances.astype(np.float64),
             "residual_variance": np.array(self.residual_variance, dtype=np.float64),
             "shrinkage": np.array(self.shrinkage, dtype=np.float64),
@@ -301,18 +305,21 @@ def fit_domain_check(
     eigenvalues, eigenvectors = np.linalg.eigh(centered.T @ centered / n)  # ascending
     order = np.argsort(eigenvalues)[::-1]
     eigenvalues, eigenvectors = np.maximum(eigenvalues[order], 0.0), eigenvectors[:, order]
+    if not mu > 0:
+        raise ValueError("the fit vectors are all identical: nothing to describe")
     shrunk = (1.0 - shrinkage) * eigenvalues + shrinkage * mu  # (P,) eigenvalues of the estimate
+    # Without shrinkage, directions the fit images never vary along would get variance 0.
+    shrunk = np.maximum(shrunk, 1e-12 * mu)
     rank = max(1, min(int(rank), width - 1))
     # One variance for the other directions: their mean keeps the estimate's trace.
     residual = float(shrunk[rank:].mean()) if shrunk[rank:].size else float(shrunk[-1])
-    # The file stores float32: calibrate with exactly the numbers the runtime will read.
-    stored = lambda a: a.astype(np.float32).astype(np.float64)  # noqa: E731
+    # Calibrate with exactly the numbers the file stores and the runtime reads.
     check = DomainCheck(
         pooling=pooling,
-        mean=stored(mean),
-        basis=stored(eigenvectors[:, :rank]),
+        mean=mean.astype(np.float32).astype(np.float64),
+        basis=eigenvectors[:, :rank].astype(np.float16).astype(np.float64),
         variances=shrunk[:rank],
-        residual_variance=max(residual, np.finfo(np.float64).tiny),
+        residual_variance=residual,
         shrinkage=shrinkage,
         threshold=1.0,  # placeholder until the calibration distances are known
         quantile=quantile,
