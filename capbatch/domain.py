@@ -88,19 +88,41 @@ def ledoit_wolf_shrinkage(centered: np.ndarray) -> float:
     """Ledoit & Wolf (2004) optimal shrinkage of a covariance towards mu * I.
 
     centered: (n, p) samples minus their mean. Returns the weight in [0, 1] of the
-    scaled identity in (1 - s) * S + s * mu * I, S = centered.T @ centered / n.
+    scaled identity in (1 - s) * S + s * mu * I, S = centered.T @ centered / n,
+    mu = trace(S) / p. Computed with the smaller of the two Gram matrices, so
+    neither n nor p enters squared and cubed.
     """
     n, p = centered.shape
-    squared = centered**2
-    variances = squared.sum(axis=0) / n  # diagonal of S
-    mu = variances.sum() / p
-    gram = centered.T @ centered  # (p, p) = n * S
+    gram = centered @ centered.T if n <= p else centered.T @ centered  # same Frobenius norm
+    frobenius2 = (gram**2).sum() / n**2  # |S|_F^2
+    row_norms2 = (centered**2).sum(axis=1)  # (n,)
+    trace = row_norms2.sum() / n
+    mu = trace / p
     # d2: squared distance of S from mu * I; b2: the sampling error of S (both / p).
-    d2 = ((gram / n) ** 2).sum() - 2 * mu * variances.sum() + p * mu**2
-    b2 = ((squared.T @ squared).sum() / n - (gram**2).sum() / n**2) / (n * p)
-    d2 /= p
+    d2 = (frobenius2 - 2 * mu * trace + p * mu**2) / p
+    b2 = ((row_norms2**2).sum() / n - frobenius2) / (n * p)
     b2 = min(b2, d2)
     return 0.0 if d2 <= 0 else float(b2 / d2)
+
+
+def top_principal_directions(centered: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `rank` largest eigenvalues (k,) and eigenvectors (p, k) of S = X^T X / n.
+
+    With fewer samples than dimensions the (n, n) Gram matrix has the same nonzero
+    spectrum and is far cheaper to decompose; only directions with positive
+    variance are returned, so k <= min(rank, n - 1).
+    """
+    n, p = centered.shape
+    if n < p:
+        values, vectors = np.linalg.eigh(centered @ centered.T / n)  # ascending, (n, n)
+        vectors = centered.T @ vectors  # (p, n): S's eigenvectors, not yet unit length
+    else:
+        values, vectors = np.linalg.eigh(centered.T @ centered / n)  # ascending, (p, p)
+    order = np.argsort(values)[::-1]
+    values, vectors = values[order], vectors[:, order]
+    keep = min(rank, int((values > 1e-12 * max(values[0], 0.0)).sum()))
+    values, vectors = values[:keep], vectors[:, :keep]
+    return values, vectors / np.linalg.norm(vectors, axis=0)
 
 
 @dataclass(frozen=True)
@@ -300,25 +322,24 @@ def fit_domain_check(
     mean = fit.mean(axis=0)
     centered = fit - mean  # (n, P)
     n, width = centered.shape
-    shrinkage = ledoit_wolf_shrinkage(centered)
-    mu = (centered**2).sum() / (n * width)  # trace(S) / P
-    eigenvalues, eigenvectors = np.linalg.eigh(centered.T @ centered / n)  # ascending
-    order = np.argsort(eigenvalues)[::-1]
-    eigenvalues, eigenvectors = np.maximum(eigenvalues[order], 0.0), eigenvectors[:, order]
-    if not mu > 0:
+    trace = (centered**2).sum() / n  # trace(S): total variance
+    if not trace > 0:
         raise ValueError("the fit vectors are all identical: nothing to describe")
-    shrunk = (1.0 - shrinkage) * eigenvalues + shrinkage * mu  # (P,) eigenvalues of the estimate
+    shrinkage = ledoit_wolf_shrinkage(centered)
+    mu = trace / width
+    values, directions = top_principal_directions(centered, max(1, min(int(rank), width - 1)))
+    # Shrunk eigenvalues: (1 - s) * lambda + s * mu along the kept directions, and
+    # for every other direction their mean, which keeps the estimate's trace (= trace(S)).
+    shrunk = (1.0 - shrinkage) * values + shrinkage * mu
+    residual = (trace - shrunk.sum()) / (width - len(shrunk))
     # Without shrinkage, directions the fit images never vary along would get variance 0.
-    shrunk = np.maximum(shrunk, 1e-12 * mu)
-    rank = max(1, min(int(rank), width - 1))
-    # One variance for the other directions: their mean keeps the estimate's trace.
-    residual = float(shrunk[rank:].mean()) if shrunk[rank:].size else float(shrunk[-1])
+    residual = max(residual, 1e-12 * mu)
     # Calibrate with exactly the numbers the file stores and the runtime reads.
     check = DomainCheck(
         pooling=pooling,
         mean=mean.astype(np.float32).astype(np.float64),
-        basis=eigenvectors[:, :rank].astype(np.float16).astype(np.float64),
-        variances=shrunk[:rank],
+        basis=directions.astype(np.float16).astype(np.float64),
+        variances=shrunk,
         residual_variance=residual,
         shrinkage=shrinkage,
         threshold=1.0,  # placeholder until the calibration distances are known

@@ -97,6 +97,13 @@ def split_calibration(
     return sorted(shuffled[held:]), sorted(shuffled[:held])
 
 
+def check_image_counts(fit_paths: Sequence[Path], calibration_paths: Sequence[Path]) -> None:
+    if len(fit_paths) < MIN_FIT_IMAGES:
+        raise UsageError(f"need at least {MIN_FIT_IMAGES} fit images, got {len(fit_paths)}")
+    if not calibration_paths:
+        raise UsageError("need at least one calibration image")
+
+
 def compute_domain_check(
     bundle: Bundle,
     fit_paths: Sequence[Path],
@@ -106,10 +113,7 @@ def compute_domain_check(
     quantile: float = DEFAULT_QUANTILE,
     rank: int = DEFAULT_RANK,
 ) -> DomainCheck:
-    if len(fit_paths) < MIN_FIT_IMAGES:
-        raise UsageError(f"need at least {MIN_FIT_IMAGES} fit images, got {len(fit_paths)}")
-    if not calibration_paths:
-        raise UsageError("need at least one calibration image")
+    check_image_counts(fit_paths, calibration_paths)
     fit = pooled_features(bundle, fit_paths, pooling)
     calibration = pooled_features(bundle, calibration_paths, pooling)
     try:
@@ -156,6 +160,7 @@ def add_domain_stats(
         fit_paths, calibration_paths = split_calibration(fit_paths, seed=seed)
     else:
         calibration_paths = _subset(image_paths(calibration_images), max_images, seed)
+    check_image_counts(fit_paths, calibration_paths)  # before the model loads
     bundle = load_bundle(bundle_dir, device, warn=lambda message: None)
     check = compute_domain_check(
         bundle, fit_paths, calibration_paths, pooling=pooling, quantile=quantile, rank=rank
