@@ -126,7 +126,7 @@ def top_principal_directions(centered: np.ndarray, rank: int) -> tuple[np.ndarra
     return values, vectors / np.linalg.norm(vectors, axis=0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compare describe() or the bytes
 class DomainCheck:
     """Statistics of in-domain pooled features and the threshold that flags the rest."""
 
@@ -316,8 +316,8 @@ def fit_domain_check(
     """
     fit = np.asarray(fit, dtype=np.float64)
     calibration = np.asarray(calibration, dtype=np.float64)
-    if fit.ndim != 2 or fit.shape[0] < 2:
-        raise ValueError(f"need at least 2 fit vectors as (n, P), got shape {fit.shape}")
+    if fit.ndim != 2 or fit.shape[0] < 2 or fit.shape[1] < 2:
+        raise ValueError(f"need at least 2 fit vectors (n, P >= 2), got shape {fit.shape}")
     if calibration.ndim != 2 or calibration.shape[1] != fit.shape[1] or len(calibration) < 1:
         raise ValueError(f"calibration must be (m >= 1, {fit.shape[1]}), got {calibration.shape}")
     if not 0 < quantile < 1:
