@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +157,15 @@ def test_cli_refuses_with_one_line_and_leaves_the_bundle_alone(
     assert expected in err[0]
     assert (bundle / MANIFEST_FILE).read_bytes() == before
     assert not (bundle / STATS_FILE).exists()
+
+
+def test_domain_modules_are_torch_free():
+    code = (
+        "import sys, capbatch.domain, capbatch.export.domain_stats; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'sklearn')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
