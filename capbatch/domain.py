@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BundleError
-from .manifest import read_manifest, sha256_file
+from .manifest import Manifest, read_manifest, sha256_bytes
 
 STATS_FILE = "domain_stats.npz"
 MANIFEST_KEY = "domain"
@@ -237,41 +237,45 @@ class DomainCheck:
         """Read a stats file; any problem is one BundleError naming the file."""
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-            values = _checked_fields(arrays)
-            return cls(**values)
-        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-            raise BundleError(f"domain statistics {path.name}: {exc}") from exc
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BundleError(f"domain statistics {path.name}: {exc.strerror or exc}") from None
+        return cls.from_bytes(data, path.name)
 
     @classmethod
-    def from_bundle(cls, bundle_dir: Path | str, manifest: dict | None = None) -> DomainCheck | None:
+    def from_bytes(cls, data: bytes, name: str = STATS_FILE) -> DomainCheck:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+            return cls(**_checked_fields(arrays))
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+            raise BundleError(f"domain statistics {name}: {exc}") from exc
+
+    @classmethod
+    def from_bundle(
+        cls, bundle_dir: Path | str, manifest: Manifest | None = None
+    ) -> DomainCheck | None:
         """The bundle's domain check, or None when the bundle carries no statistics.
 
-        The file must be listed (and hashed) in the manifest; its hash is checked
-        here too, so a caller that did not verify the whole bundle still cannot
-        read altered statistics.
+        The typed manifest has already checked that the file is a plain name
+        listed (and hashed) in `files`; the bytes read here are hashed again and
+        are the bytes parsed, so altered statistics cannot slip in between.
         """
         bundle_dir = Path(bundle_dir)
         manifest = manifest if manifest is not None else read_manifest(bundle_dir)
-        entry = manifest.get(MANIFEST_KEY)
-        if entry is None:
+        if manifest.domain is None:
             return None
-        name = entry.get("file") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or Path(name).name != name:
-            raise BundleError(f"manifest {MANIFEST_KEY}.file must be a plain file name, got {name!r}")
-        expected = manifest.get("files", {}).get(name)
-        if expected is None:
-            raise BundleError(f"{MANIFEST_KEY}.file {name!r} is not listed (and hashed) in files")
+        name = manifest.domain.file
         path = bundle_dir / name
-        if not path.is_file():
+        if path.is_symlink() or not path.is_file():
             raise BundleError(f"bundle {bundle_dir} failed verification: {name}: missing")
-        if sha256_file(path) != expected:
+        data = path.read_bytes()
+        if sha256_bytes(data) != manifest.files[name]:
             raise BundleError(
                 f"bundle {bundle_dir} failed verification: {name}: sha256 mismatch "
                 "(modified or corrupt)"
             )
-        return cls.load(path)
+        return cls.from_bytes(data, name)
 
 
 def _checked_fields(arrays: dict[str, np.ndarray]) -> dict:

@@ -77,6 +77,14 @@ class SpecialTokens:
 
 
 @dataclass(frozen=True)
+class DomainEntry:
+    """The optional domain-check statistics file (capbatch/domain.py reads it)."""
+
+    file: str
+    method: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What the runtime uses from manifest.json, checked; `raw` keeps the JSON for display."""
 
@@ -90,6 +98,7 @@ class Manifest:
     decoder_step: GraphEntry
     files: Mapping[str, str]  # plain file name -> sha256 hex; the manifest itself excluded
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    domain: DomainEntry | None = None  # bundles exported before the domain check have none
 
     @property
     def graphs(self) -> tuple[GraphEntry, GraphEntry]:
@@ -190,6 +199,16 @@ def _vocab(value: Any, files: Mapping[str, str]) -> VocabEntry:
     return VocabEntry(name, style)
 
 
+def _domain(value: Any, files: Mapping[str, str]) -> DomainEntry | None:
+    if value is None:
+        return None
+    entry = _object(value, "domain")
+    name = _file_name(_required(entry, "file", "domain"), "domain.file")
+    if name not in files:
+        raise _Invalid(f"domain.file {name!r} is not listed (and hashed) in files")
+    return DomainEntry(name, _string(_required(entry, "method", "domain"), "domain.method"))
+
+
 def _special_tokens(value: Any) -> SpecialTokens:
     entry = _object(value, "special_tokens")
     ids = {
@@ -262,6 +281,7 @@ def parse_manifest(raw: Any) -> Manifest:
         decoder_step=_graph(graphs, "decoder_step", files),
         files=files,
         raw=MappingProxyType(raw),
+        domain=_domain(raw.get("domain"), files),
     )
 
 

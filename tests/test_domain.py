@@ -17,7 +17,7 @@ from capbatch.domain import (
     ledoit_wolf_shrinkage,
 )
 from capbatch.errors import BundleError
-from capbatch.manifest import FORMAT, FORMAT_VERSION, sha256_file
+from capbatch.manifest import FORMAT, FORMAT_VERSION, read_manifest, sha256_file
 
 # chi-square quantiles (scipy.stats.chi2.ppf), so the known answers need no scipy.
 CHI2_99 = {4: 13.2767, 8: 20.0902}
@@ -196,17 +196,32 @@ def test_fit_refuses_bad_inputs():
 # --------------------------------------------------------------------------- in a bundle
 
 
-def fake_bundle(tmp_path, with_stats: bool):
-    """A manifest and files enough for read_manifest (no graphs: from_bundle needs none)."""
+def fake_bundle(tmp_path, with_stats: bool, entry=None):
+    """A manifest the schema accepts (graphs listed, not present: from_bundle needs none)."""
     (tmp_path / "vocab.json").write_text("[]", encoding="utf-8")
-    files = {"vocab.json": sha256_file(tmp_path / "vocab.json")}
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "files": files}
+    files = {"vocab.json": sha256_file(tmp_path / "vocab.json"),
+             "encoder.onnx": "0" * 64, "decoder_step.onnx": "1" * 64}  # fmt: skip
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_id": "fake",
+        "preprocess": {"size": 224},
+        "special_tokens": {"pad": 0, "start": 1, "end": 2, "unk": 3},
+        "max_len": 5,
+        "graphs": {
+            "encoder": {"file": "encoder.onnx", "inputs": ["images"], "outputs": ["features"]},
+            "decoder_step": {"file": "decoder_step.onnx", "inputs": ["a"], "outputs": ["b"]},
+        },
+        "files": files,
+    }
     if with_stats:
         fitted().save(tmp_path / STATS_FILE)
         files[STATS_FILE] = sha256_file(tmp_path / STATS_FILE)
         manifest[MANIFEST_KEY] = {"file": STATS_FILE, "method": "mahalanobis-ledoit-wolf"}
+    if entry is not None:
+        manifest[MANIFEST_KEY] = entry
     (tmp_path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    return manifest
+    return read_manifest(tmp_path)
 
 
 def test_bundle_without_statistics_has_no_check(tmp_path):
@@ -237,17 +252,16 @@ def test_altered_statistics_are_refused_by_their_hash(tmp_path):
 @pytest.mark.parametrize(
     "entry, message",
     [
-        ({"file": "../elsewhere.npz"}, "plain file name"),
-        ({"method": "x"}, "plain file name"),
-        ("domain_stats.npz", "plain file name"),
-        ({"file": "unlisted.npz"}, "not listed (and hashed)"),
+        ({"file": "../elsewhere.npz", "method": "m"}, "not a plain file name"),
+        ({"method": "x"}, "domain has no 'file'"),
+        ("domain_stats.npz", "domain must be an object"),
+        ({"file": "unlisted.npz", "method": "m"}, "not listed (and hashed)"),
+        ({"file": STATS_FILE}, "domain has no 'method'"),
     ],
 )
 def test_bad_manifest_entries_are_refused(tmp_path, entry, message):
-    manifest = fake_bundle(tmp_path, with_stats=True)
-    manifest[MANIFEST_KEY] = entry
     with pytest.raises(BundleError, match=re.escape(message)):
-        DomainCheck.from_bundle(tmp_path, manifest)
+        fake_bundle(tmp_path, with_stats=True, entry=entry)
 
 
 def test_stats_file_is_small_zip_of_npy_members(tmp_path):

@@ -7,6 +7,7 @@ scenes generator needs only numpy and Pillow.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -59,8 +60,11 @@ def bundle_copy(tmp_path: Path, with_stats: bool = True) -> Path:
     target = tmp_path / "bundle"
     target.mkdir()
     for path in DEFAULT_BUNDLE_DIR.iterdir():
-        if path.suffix == ".onnx":
-            (target / path.name).symlink_to(path)
+        if path.suffix == ".onnx":  # a hard link (bundles refuse symbolic links), else a copy
+            try:
+                os.link(path, target / path.name)
+            except OSError:
+                shutil.copy(path, target / path.name)
         else:
             shutil.copy(path, target / path.name)
     if not with_stats:
