@@ -37,8 +37,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# The checker follows the row schema; it re-implements the parsing on its own.
+from capbatch.rows import ROW_FIELDS
+
 REPO = Path(__file__).resolve().parents[1]
-ROW_FIELDS = ("key", "path", "caption", "score", "status", "error", "width", "height", "model_id")
 EXTENSIONS = {"csv": ".csv", "jsonl": ".jsonl", "parquet": ".parquet"}
 BROKEN_EVERY = 20  # one image in 20 is broken on purpose
 STARTUP_SHARE = 0.25  # kills aimed at start-up; the rest land while rows are written

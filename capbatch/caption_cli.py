@@ -124,6 +124,27 @@ def _summary_line(summary) -> str:
     return line
 
 
+def _trust_lines(summary) -> list[str]:
+    """Warnings about ok rows a user should not take at face value (docs/runtime.md)."""
+    lines = []
+    if summary.out_of_domain:
+        lines.append(
+            f"capbatch: warning: {summary.out_of_domain} of {summary.ok} images look unlike "
+            "the model's training data (in_domain=false): their captions are likely wrong"
+        )
+    if summary.truncated:
+        lines.append(
+            f"capbatch: warning: {summary.truncated} caption(s) stopped at the length limit "
+            "without an end (truncated=true)"
+        )
+    if summary.repeated:
+        lines.append(
+            f"capbatch: warning: {summary.repeated} caption(s) repeat a word or phrase "
+            "back to back (repeated=true)"
+        )
+    return lines
+
+
 @app.command("caption", epilog=CAPTION_EXAMPLES, no_args_is_help=True)
 def caption(
     inputs: Annotated[
@@ -265,6 +286,8 @@ def caption(
                 f"({shown}); rerun with --resume to retry them"
             )
         _echo(_summary_line(summary))
+        for line in _trust_lines(summary):
+            _echo(line)
     if summary.exit_code != ExitCode.OK:
         raise typer.Exit(int(summary.exit_code))
 

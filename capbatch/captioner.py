@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .bundle import Bundle, _stderr_warning, load_bundle
+from .bundle import Bundle, Encoded, _stderr_warning, load_bundle
 from .decode import DecodedImage, decode_image
 from .decoding import DecodingOptions, Hypothesis, decode
+from .domain import DomainCheck, DomainScores
 from .errors import InputDecodeError, UsageError
 from .preprocess import PreprocessSpec, preprocess_image, upright_size
 from .providers import parse_device
@@ -40,10 +41,28 @@ class CaptionResult:
     height: int | None = None
     words: tuple[str, ...] = ()  # caption tokens as strings, one per attention step
     attention: np.ndarray | None = field(default=None, repr=False)  # (steps, L) when asked
+    domain_distance: float | None = None  # None: error row, or a bundle without statistics
+    in_domain: bool | None = None
+    truncated: bool = False  # max_len reached without the end token
+    repeated: bool = False  # a word or phrase repeated back to back ("circles circles")
 
     @property
     def ok(self) -> bool:
         return self.status == OK
+
+
+# Longest phrase checked for back-to-back repetition: captions are short, and a
+# model caught in a loop repeats single words or short phrases.
+MAX_REPEATED_PHRASE = 3
+
+
+def repeats_back_to_back(words: Sequence[str]) -> bool:
+    """Whether some run of 1..3 words is immediately followed by itself."""
+    for n in range(1, MAX_REPEATED_PHRASE + 1):
+        for i in range(len(words) - 2 * n + 1):
+            if words[i : i + n] == words[i + n : i + 2 * n]:
+                return True
+    return False
 
 
 def error_result(reason: str, width: int | None = None, height: int | None = None):
@@ -133,6 +152,8 @@ class Captioner:
             return_alphas=args.return_attention,
         )
         self.batch_size = args.batch_size
+        # None when the bundle has no statistics: rows then leave the domain columns empty.
+        self.domain_check = DomainCheck.from_bundle(self.bundle.path, self.bundle.manifest)
 
     @classmethod
     def from_args(cls, args: CaptionerArgs, **kwargs) -> Captioner:
@@ -185,20 +206,30 @@ class Captioner:
             results[index] = result
 
     def caption_decoded(self, images: Sequence[DecodedImage]) -> list[CaptionResult]:
-        """Already preprocessed images -> results (the pipeline's entry point)."""
+        """Already preprocessed images -> results (the engines' entry point)."""
         if not images:
             return []
         pixels = np.stack([image.pixels for image in images])  # (B, S, S, 3) uint8
-        hypotheses = self.decode_pixels(pixels)
-        return [self._result(h, image) for h, image in zip(hypotheses, images)]
+        hypotheses, encoded = self._run(pixels)
+        domain = self.domain_check.score(encoded.features) if self.domain_check else None
+        return [
+            self._result(h, image, domain, i)
+            for i, (h, image) in enumerate(zip(hypotheses, images))
+        ]
 
     def decode_pixels(self, pixels: np.ndarray) -> list[Hypothesis]:
         """pixels (B, S, S, 3) uint8 -> the best hypothesis per image (batched)."""
-        encoded = self.bundle.encode(pixels)  # once per image, reused by every step
-        return decode(self.bundle.step_model(encoded), self.options)
+        return self._run(pixels)[0]
 
-    def _result(self, hypothesis: Hypothesis, image: DecodedImage) -> CaptionResult:
+    def _run(self, pixels: np.ndarray) -> tuple[list[Hypothesis], Encoded]:
+        encoded = self.bundle.encode(pixels)  # once per image, reused by every step
+        return decode(self.bundle.step_model(encoded), self.options), encoded
+
+    def _result(
+        self, hypothesis: Hypothesis, image: DecodedImage, domain: DomainScores | None, index: int
+    ) -> CaptionResult:
         vocab = self.bundle.vocab
+        words = tuple(vocab.tokens[t] for t in hypothesis.tokens)
         return CaptionResult(
             caption=vocab.decode(hypothesis.tokens),
             score=float(hypothesis.mean_logprob),
@@ -206,6 +237,11 @@ class Captioner:
             status=OK,
             width=image.width,
             height=image.height,
-            words=tuple(vocab.tokens[t] for t in hypothesis.tokens),
+            words=words,
             attention=hypothesis.alphas,
+            domain_distance=None if domain is None else float(domain.distances[index]),
+            in_domain=None if domain is None else bool(domain.in_domain[index]),
+            # token_logprobs hold one more entry than tokens when <end> was generated.
+            truncated=hypothesis.steps <= len(hypothesis.tokens),
+            repeated=repeats_back_to_back(words),
         )

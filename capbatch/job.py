@@ -112,13 +112,20 @@ class RunSummary:
     skipped: int = 0  # already done in the output (resume)
     interrupted: bool = False
     elapsed_s: float = 0.0
+    # Trust signals of the ok rows (rows.py): how many a user should look at twice.
+    out_of_domain: int = 0
+    truncated: int = 0
+    repeated: int = 0
     started: float = field(default_factory=time.monotonic, repr=False)
 
     def count(self, written: Sequence[Row]) -> None:
         """Add rows as the output wrote them (a refused sidecar is an error)."""
-        ok = sum(row.status == OK for row in written)
-        self.ok += ok
-        self.errors += len(written) - ok
+        ok = [row for row in written if row.status == OK]
+        self.ok += len(ok)
+        self.errors += len(written) - len(ok)
+        self.out_of_domain += sum(row.in_domain is False for row in ok)
+        self.truncated += sum(bool(row.truncated) for row in ok)
+        self.repeated += sum(bool(row.repeated) for row in ok)
         self.tick()
 
     def tick(self) -> None:
@@ -234,6 +241,10 @@ def row_for(item: Keyed, result: CaptionResult, model_id: str) -> Row:
         width=result.width,
         height=result.height,
         model_id=model_id,
+        domain_distance=None if result.domain_distance is None else round(result.domain_distance, 4),
+        in_domain=result.in_domain,
+        truncated=result.truncated if result.ok else None,
+        repeated=result.repeated if result.ok else None,
     )
 
 

@@ -27,8 +27,16 @@ _FIELD_TYPES: tuple[tuple[str, str], ...] = (
     ("width", "int64"),
     ("height", "int64"),
     ("model_id", "string"),
+    # Trust signals (docs/runtime.md): empty on error rows, and domain_* empty
+    # when the bundle carries no domain statistics.
+    ("domain_distance", "float64"),
+    ("in_domain", "bool_"),
+    ("truncated", "bool_"),
+    ("repeated", "bool_"),
 )
 ROW_FIELDS: tuple[str, ...] = tuple(name for name, _ in _FIELD_TYPES)
+OPTIONAL_FIELDS: tuple[str, ...] = ("domain_distance", "in_domain", "truncated", "repeated")
+REQUIRED_FIELDS: tuple[str, ...] = tuple(n for n in ROW_FIELDS if n not in OPTIONAL_FIELDS)
 _TEXT_FIELDS = tuple(name for name, kind in _FIELD_TYPES if kind == "string")
 
 
@@ -43,6 +51,10 @@ class Row:
     width: int | None
     height: int | None
     model_id: str
+    domain_distance: float | None = None  # Mahalanobis distance to the training images
+    in_domain: bool | None = None  # distance within the bundle's calibrated threshold
+    truncated: bool | None = None  # reached max_len without the end token
+    repeated: bool | None = None  # a word or phrase repeated back to back
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -58,16 +70,20 @@ class Row:
         for name in _TEXT_FIELDS:
             if record[name] is not None:
                 record[name] = escape_undecodable(str(record[name]))
-        if record["score"] is not None:
-            score = float(record["score"])
-            # NaN/inf have no JSON spelling and no meaning as a confidence.
-            record["score"] = score if math.isfinite(score) else None
+        for name in ("score", "domain_distance"):
+            if record[name] is not None:
+                value = float(record[name])
+                # NaN/inf have no JSON spelling and no meaning as a measure.
+                record[name] = value if math.isfinite(value) else None
         return record
 
     @classmethod
     def from_record(cls, record: dict) -> Row:
-        """A row from a record holding at least ROW_FIELDS (extra columns ignored)."""
-        return cls(**{name: record[name] for name in ROW_FIELDS})
+        """A row from a record holding the required fields (extra columns ignored;
+        the optional trust signals may be absent, as in rows of older runs)."""
+        values = {name: record[name] for name in REQUIRED_FIELDS}
+        values.update({name: record.get(name) for name in OPTIONAL_FIELDS})
+        return cls(**values)
 
 
 def parquet_schema(pa, leading: tuple = ()):

@@ -110,6 +110,10 @@ def test_csv_round_trip_with_tricky_text(tmp_path):
         "width": "640",
         "height": "480",
         "model_id": "scenes-lite0-abc",
+        "domain_distance": "",
+        "in_domain": "",
+        "truncated": "",
+        "repeated": "",
     }
     assert float(back[0]["score"]) == -0.25
     assert out.read_text(encoding="utf-8").count("key,path,caption") == 1
