@@ -1,9 +1,10 @@
 """Greedy and beam-search decoding in numpy over an injectable step model.
 
-The rules are those of docs/decoding.md, which the PyTorch reference
-(training/decoding.py) follows too, so both agree token for token. The loop
-only sees the `StepModel` interface (whisper's `Inference` idea): tests drive
-it with a fake, the runtime with the ONNX decoder_step graph (capbatch/bundle.py).
+The rules are those of docs/decoding.md, and this is their only implementation.
+The loop only sees the `StepModel` interface (whisper's `Inference` idea): tests
+drive it with a fake, the runtime with the ONNX decoder_step graph
+(capbatch/bundle.py), training and export validation with the PyTorch model
+(training/decoding.TorchStepModel).
 
 A step model carries each image's encoder outputs (computed once) and an opaque
 per-row state; rows are (image, hypothesis) pairs. The loop asks it to run a

@@ -23,7 +23,7 @@ from capbatch.errors import UsageError
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import CaptionedImage, DatasetError, read_dataset
-from .decoding import beam_search, greedy_decode
+from .decoding import decode_features
 from .features import build_feature_cache
 from .model import EncoderDecoder
 from .tokenizer import CaptionTokenizer
@@ -92,10 +92,7 @@ def caption_features(
     captions: list[str] = []
     for start in range(0, features.shape[0], batch_size):
         chunk = features[start : start + batch_size]  # (B, L, D)
-        if beam == 1:
-            hyps = greedy_decode(model, chunk)
-        else:
-            hyps = [ranked[0] for ranked in beam_search(model, chunk, beam_size=beam)]
+        hyps = decode_features(model, chunk, beam)
         captions.extend(tokenizer.decode(h.tokens) for h in hyps)
     return captions
 

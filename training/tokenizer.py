@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capbatch.errors import UsageError
+from capbatch.vocab import VOCAB_STYLES, Vocab
 
 PAD, START, END, UNK = "[PAD]", "[START]", "[END]", "[UNK]"
 WORD_SPECIALS = (PAD, START, END, UNK)
@@ -73,7 +74,7 @@ class CaptionTokenizer:
     """A `tokenizers.Tokenizer` plus its special ids and vocab style."""
 
     def __init__(self, backend, specials: SpecialIds, style: str):
-        if style not in ("word", "wordpiece"):
+        if style not in VOCAB_STYLES:
             raise ValueError(f"vocab style must be 'word' or 'wordpiece', got {style!r}")
         # A pretrained tokenizer may come configured to pad/truncate to a fixed
         # length; captions are padded by the batcher and truncated by caption_ids.
@@ -90,6 +91,7 @@ class CaptionTokenizer:
         self._id_to_token = [""] * (max(vocab.values()) + 1)
         for token, index in vocab.items():
             self._id_to_token[index] = token
+        self.vocab = Vocab(tuple(self._id_to_token), style, frozenset(self._special_set))
 
     @property
     def vocab_size(self) -> int:
@@ -105,19 +107,10 @@ class CaptionTokenizer:
         words = self.encode(text)[: max_len - 1]
         return [self.specials.start, *words, self.specials.end]
 
-    def decode(self, ids: list[int]) -> str:
-        """ids -> text by the bundle rule: spaces between tokens; in wordpiece style
-        a '##' token is glued to the previous one. Special tokens never appear."""
-        text = ""
-        for index in ids:
-            if index in self._special_set or not 0 <= index < len(self._id_to_token):
-                continue
-            token = self._id_to_token[index]
-            if self.style == "wordpiece" and token.startswith("##"):
-                text += token[2:]
-            else:
-                text += (" " if text else "") + token
-        return text
+    def decode(self, ids: Sequence[int]) -> str:
+        """ids -> text by the runtime's rule (capbatch.vocab.Vocab.decode), so training
+        metrics read captions exactly as `capbatch caption` writes them."""
+        return self.vocab.decode(ids)
 
     def id_to_token(self, index: int) -> str:
         return self._id_to_token[index]
