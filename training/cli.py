@@ -57,17 +57,25 @@ app.command("fit")(
 
 @app.command("eval")
 def eval_(
-    ckpt: Annotated[Path, typer.Option(help="Checkpoint (best.pt).")],
+    ckpt: Annotated[
+        Path, typer.Option(help="Checkpoint (best.pt), or a run folder (uses its best.pt).")
+    ],
     data: Annotated[Path, typer.Option(help="Dataset directory.")],
     split: str = "test",
     beam: Annotated[int, typer.Option(help="1 = greedy, K > 1 = beam search.")] = 1,
-    out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the JSON report here, and every prediction with all its "
+            "references to OUT's name + .predictions.jsonl beside it."
+        ),
+    ] = None,
     cache_dir: Annotated[
         Path | None, typer.Option(help="Feature cache root (default: next to the checkpoint).")
     ] = None,
     limit: Annotated[int, typer.Option(help="Only the first N images (0 = all).")] = 0,
     meteor: Annotated[bool, typer.Option(help="METEOR (needs Java).")] = True,
-    device: str = "cpu",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
 ) -> None:
     """Caption a split and report BLEU-1..4, METEOR, ROUGE-L, CIDEr (+ semantic accuracy)."""
     from .evaluate import EvalOptions, evaluate

@@ -233,6 +233,9 @@ class TrainOptions:
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
     amp: bool = option(True, "Mixed precision on CUDA.")
     resume: bool = option(False, "Continue from OUT/last.pt.")
+    overwrite: bool = option(
+        False, "Start over in a non-empty OUT (its best.pt, last.pt and metrics are replaced)."
+    )
     progress: bool = option(True, "Progress bars and a metrics line per epoch.")
     train_split: str = option("train", cli=False)
     val_split: str = option("val", cli=False)
@@ -253,6 +256,8 @@ class TrainOptions:
             raise ValueError("patience, val_images and threads must be >= 0")
         if self.model.max_len < 2:
             raise ValueError("max_len must be >= 2")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues OUT and --overwrite replaces it: pick one")
 
     def to_dict(self) -> dict:
         """Plain data for the checkpoint (weights_only loading accepts no Path)."""

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from capbatch.errors import UsageError
+
 from .batches import Batches, TrainStep, collate, epoch_batches, make_batches
 from .checkpoint import save_checkpoint
 from .config import LR_SCHEDULES, SELECTION_METRICS, TrainOptions
@@ -39,23 +41,47 @@ from .setup import BEST, LAST, RunSetup, close_distributed, init_distributed, se
 
 __all__ = ["LR_SCHEDULES", "SELECTION_METRICS", "TrainOptions", "fit"]
 METRICS_FILE = "metrics.jsonl"
+RUN_FILES = (BEST, LAST, METRICS_FILE)  # what --overwrite replaces (the feature cache stays)
 
 
 def fit(options: TrainOptions) -> dict:
     """Train; returns a summary (best score, epochs, paths)."""
     previous_threads = torch.get_num_threads()
+    out = Path(options.out)
     dist_info = init_distributed(options.device)
+    created = False
     try:
-        out = Path(options.out)
-        out.mkdir(parents=True, exist_ok=True)
+        if dist_info.main:
+            check_out(options, out)
         setup = set_up(options, dist_info, out)
         select_on = selection_metric(options.select_on, setup.dataset)  # fail before the cache
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        if options.overwrite and dist_info.main:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
         batches = make_batches(setup)
         scorer = ValidationScorer(select_on, setup.dataset, setup.val_images)
         return EpochLoop(setup, batches, scorer).run()
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed start leaves no empty run folder behind
+        raise
     finally:
         close_distributed(dist_info)  # the process group goes even when set-up fails
         torch.set_num_threads(previous_threads)  # a library call leaves the process as it was
+
+
+def check_out(options: TrainOptions, out: Path) -> None:
+    """Refuse to mix two runs in one folder: a non-empty OUT needs --resume or --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a run folder")
+    if options.resume or options.overwrite or not out.is_dir() or not any(out.iterdir()):
+        return
+    raise UsageError(
+        f"--out {out} already holds a run; pass --resume to continue it, --overwrite to "
+        "replace it, or choose another folder"
+    )
 
 
 # --------------------------------------------------------------------------- loop

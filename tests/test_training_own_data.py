@@ -1,0 +1,123 @@
+"""Training on a user's own small data (issue 20), through `capbatch-train` on tiny
+datasets the tests write: run folders are never mixed, features follow the image
+bytes, checkpoint selection works at any size, eval/--ckpt are convenient."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import needs_torch
+from tests.test_training_fixtures import shape_scenes, write_csv_dataset
+
+pytestmark = needs_torch
+
+SMALL = ["--embed-dim", "16", "--attention-dim", "16", "--decoder-dim", "32", "--threads", "1"]
+QUIET = ["--no-progress", "--batch-size", "4", *SMALL]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    scenes = shape_scenes(limit=10)
+    names = [s[0] for s in scenes]
+    root = tmp_path_factory.mktemp("data")
+    splits = {"train": names[:6], "val": names[6:8], "test": names[8:]}
+    extra = {name: [caption.replace("a ", "one ", 1), f"{caption} again"] for name, caption, _ in scenes}
+    return write_csv_dataset(root, scenes, splits, extra)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def _fit(main, data, out, cache, *more):
+    args = ["fit", "--data", str(data), "--out", str(out), "--cache-dir", str(cache)]
+    return main([*args, "--epochs", "1", *QUIET, *more])
+
+
+def test_fit_refuses_a_used_run_folder_unless_resume_or_overwrite(dataset, cache, tmp_path, capsys):
+    from capbatch.training.cli import main
+
+    out = tmp_path / "run"
+    assert _fit(main, dataset, out, cache) == 0
+    best = (out / "best.pt").read_bytes()
+    metrics = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+
+    assert _fit(main, dataset, out, cache) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run; pass --resume to continue it, --overwrite" in err
+    assert err.count("\n") == 1
+    assert (out / "best.pt").read_bytes() == best and (out / "metrics.jsonl").read_text() == metrics
+
+    assert _fit(main, dataset, out, cache, "--resume", "--overwrite") == 2
+    assert "pick one" in capsys.readouterr().err
+
+    assert _fit(main, dataset, out, cache, "--overwrite", "--seed", "3") == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]  # a fresh run, not 1, 1
+    assert (out / "best.pt").read_bytes() != best
+
+
+def test_a_failed_start_leaves_no_empty_folder(dataset, tmp_path, capsys):
+    from capbatch.training.cli import main
+
+    out = tmp_path / "never"
+    assert _fit(main, tmp_path / "missing", out, tmp_path / "c") == 2
+    assert not out.exists()
+    assert _fit(main, dataset, out, tmp_path / "c", "--select-on", "semantic") == 2
+    assert "needs generated scenes" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_replaced_image_gets_new_features(dataset, cache, tmp_path):
+    """Replace a test image's file (same name, other bytes): eval recomputes its
+    features from the new bytes instead of serving the cached ones."""
+    import numpy as np
+    from capbatch.training.cli import main
+    from capbatch.training.features import FeatureCache
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    out = tmp_path / "run"
+    assert _fit(main, data, out, cache) == 0
+    (directory,) = [p for p in cache.iterdir() if (p / "index.json").is_file()]
+    before = FeatureCache.open(directory)
+    replaced, source = "shape_008.png", "shape_000.png"  # a test image; a train image
+    old_row = before.names.index(replaced)
+    shutil.copyfile(data / "images" / source, data / "images" / replaced)
+
+    evaluate = ["eval", "--ckpt", str(out), "--data", str(data), "--no-meteor"]
+    assert main([*evaluate, "--cache-dir", str(cache), "--device", "cpu"]) == 0
+    after = FeatureCache.open(directory)
+    rows = [i for i, name in enumerate(after.names) if name == replaced]
+    assert len(rows) == 2 and rows[0] == old_row  # the old row stays, a new one is added
+    source_row = after.names.index(source)
+    old, new = (np.asarray(after.features[r], np.float32) for r in rows)
+    same_bytes = np.asarray(after.features[source_row], np.float32)
+    np.testing.assert_allclose(new, same_bytes, atol=2e-2)  # computed from the new bytes
+    assert np.abs(old - same_bytes).max() > 0.1  # the stale row really differed
+
+
+def test_eval_takes_a_run_folder_and_writes_every_prediction(dataset, cache, tmp_path, capsys):
+    from capbatch.training.cli import main
+
+    out = tmp_path / "run"
+    assert _fit(main, dataset, out, cache) == 0
+    report_path = tmp_path / "reports" / "test.json"
+    args = ["eval", "--ckpt", str(out), "--data", str(dataset), "--no-meteor", "--beam", "2"]
+    assert main([*args, "--cache-dir", str(cache), "--out", str(report_path)]) == 0  # device auto
+    report = json.loads(report_path.read_text())
+    assert report["checkpoint"] == str(out / "best.pt")
+    lines = (tmp_path / "reports" / "test.predictions.jsonl").read_text().splitlines()
+    assert report["predictions"] == str(tmp_path / "reports" / "test.predictions.jsonl")
+    predictions = [json.loads(line) for line in lines]
+    assert [p["image"] for p in predictions] == ["shape_008.png", "shape_009.png"]
+    assert all(p["split"] == "test" and len(p["references"]) == 3 for p in predictions)
+    assert all(len(e["references"]) == 3 for e in report["splits"]["test"]["examples"])
+
+    assert main(["eval", "--ckpt", str(tmp_path), "--data", str(dataset)]) == 2
+    assert f"{tmp_path} is a folder without best.pt" in capsys.readouterr().err
