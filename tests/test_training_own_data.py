@@ -121,3 +121,99 @@ def test_eval_takes_a_run_folder_and_writes_every_prediction(dataset, cache, tmp
 
     assert main(["eval", "--ckpt", str(tmp_path), "--data", str(dataset)]) == 2
     assert f"{tmp_path} is a folder without best.pt" in capsys.readouterr().err
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_select_on_loss_keeps_the_lowest_validation_loss(dataset, cache, tmp_path, capsys):
+    from capbatch.training.checkpoint import load_checkpoint
+    from capbatch.training.cli import main
+
+    out = tmp_path / "run"
+    more = ["--select-on", "loss", "--lr", "0.01", "--patience", "0", "--epochs", "3"]
+    assert _fit(main, dataset, out, cache, *more) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    records = _records(out)
+    assert summary["select_on"] == "loss" and all("val_loss" in r for r in records)
+    losses = [r["val_loss"] for r in records]
+    assert all(0.0 < v < 10.0 for v in losses)
+    assert summary["best_metric"] == min(losses)
+    assert load_checkpoint(out)["epoch"] == 1 + losses.index(min(losses))
+
+
+def test_auto_selects_on_loss_for_a_small_validation_split_and_warns(dataset, cache, tmp_path, capsys):
+    from capbatch.training.cli import main
+
+    out = tmp_path / "run"
+    assert _fit(main, dataset, out, cache) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["select_on"] == "loss"
+    assert "capbatch-train: warning: only 2 'val' images: validation scores are noisy" in captured.err
+    assert "only 2 'val' images" in _records(out)[0]["warnings"][0]
+
+
+def test_a_metric_that_never_moves_neither_stops_early_nor_picks_noise(dataset, cache, tmp_path, capsys):
+    """BLEU-4 of a barely trained model sits at ~0 every epoch: no early stop after
+    `patience` epochs, the first epoch stays best (ties), and stderr says why."""
+    from capbatch.training.checkpoint import load_checkpoint
+    from capbatch.training.cli import main
+
+    out = tmp_path / "run"
+    more = ["--select-on", "bleu4", "--lr", "1e-9", "--patience", "1", "--epochs", "3"]
+    assert _fit(main, dataset, out, cache, *more) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["epochs_run"] == 3 and not summary["stopped_early"]
+    scores = [r["val_bleu4"] for r in _records(out)]
+    assert max(scores) < 1e-3 and max(scores) - min(scores) < 1e-4
+    assert load_checkpoint(out)["epoch"] == 1
+    assert "best val_bleu4 is ~0" in captured.err and "try --select-on loss" in captured.err
+    assert "val_bleu4 has not moved since the first epoch" in captured.err
+    assert captured.err.count("is ~0") == 1  # said once, not every epoch
+    assert any("is ~0" in w for w in _records(out)[-1]["warnings"])
+
+
+def test_empty_validation_split_is_said_loudly(tmp_path, capsys):
+    from capbatch.training.cli import main
+
+    data = write_csv_dataset(tmp_path / "data", shape_scenes(limit=8))  # hash split: no val
+    out = tmp_path / "run"
+    assert _fit(main, data, out, tmp_path / "cache") == 0
+    err = capsys.readouterr().err
+    assert "warning: the 'val' split is empty: best.pt will follow last.pt" in err
+    assert "split is empty" in _records(out)[0]["warnings"][0]
+
+
+def test_group_by_keeps_copies_of_a_photo_in_one_split(tmp_path, capsys):
+    from capbatch.training.cli import main
+    from capbatch.training.data import read_dataset
+
+    photos = shape_scenes(limit=8)
+    copies = [
+        (f"photo{p}_aug{j}.png", caption, image)
+        for p, (_, caption, image) in enumerate(photos)
+        for j in range(4)
+    ]
+    data = write_csv_dataset(tmp_path / "data", copies)
+
+    def groups(dataset):
+        return {s: {im.name.split("_")[0] for im in ims} for s, ims in dataset.splits.items()}
+
+    scattered = groups(read_dataset(data))
+    assert scattered["train"] & (scattered["val"] | scattered["test"])  # leakage by default
+    grouped = groups(read_dataset(data, group_by=r"^(photo\d+)_"))
+    assert not grouped["train"] & (grouped["val"] | grouped["test"])
+
+    out = tmp_path / "run"
+    assert _fit(main, data, out, tmp_path / "cache", "--group-by", r"^(photo\d+)_") == 0
+    report = tmp_path / "test.json"
+    # eval reuses fit's grouping: its test split is the one fit held out.
+    args = ["eval", "--ckpt", str(out), "--data", str(data), "--no-meteor", "--out", str(report)]
+    assert main(args) == 0
+    lines = (tmp_path / "test.predictions.jsonl").read_text().splitlines()
+    tested = {json.loads(line)["image"].split("_")[0] for line in lines}
+    assert tested == grouped["test"] and len(lines) == 4 * len(tested)
+    assert main(["fit", "--data", str(data), "--out", str(tmp_path / "x"), "--group-by", "("]) == 2
+    assert "is not a regex" in capsys.readouterr().err

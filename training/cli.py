@@ -76,6 +76,10 @@ def eval_(
     limit: Annotated[int, typer.Option(help="Only the first N images (0 = all).")] = 0,
     meteor: Annotated[bool, typer.Option(help="METEOR (needs Java).")] = True,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    group_by: Annotated[
+        str | None,
+        typer.Option(help="Hash-split grouping regex (default: the one fit used)."),
+    ] = None,
 ) -> None:
     """Caption a split and report BLEU-1..4, METEOR, ROUGE-L, CIDEr (+ semantic accuracy)."""
     from .evaluate import EvalOptions, evaluate
@@ -91,6 +95,7 @@ def eval_(
         limit=limit,
         meteor=meteor,
         device=device,
+        group_by=group_by,
     )
     report = evaluate(options)
     summary = {

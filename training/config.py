@@ -11,6 +11,7 @@ its default, help and choices, is one edit here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -179,10 +180,12 @@ class ModelConfig:
 
 
 LR_SCHEDULES = ("plateau", "cosine", "constant")
-# What validation measures to pick best.pt, halve the LR and stop early:
-# "semantic" = fraction of captions whose parsed facts equal the scene's
-# (generated scenes only); BLEU-4 barely tracks it on short formulaic captions.
-SELECTION_METRICS = ("auto", "bleu4", "semantic")
+# What validation measures to pick best.pt, halve the LR and stop early
+# (training/selection.py): "semantic" = fraction of captions whose parsed facts
+# equal the scene's (generated scenes only; BLEU-4 barely tracks it on short
+# formulaic captions); "loss" = teacher-forced cross-entropy, the one score that
+# still moves on a handful of validation images.
+SELECTION_METRICS = ("auto", "loss", "cider", "bleu4", "semantic")
 
 
 @dataclass(frozen=True)
@@ -220,12 +223,17 @@ class TrainOptions:
     patience: int = option(5, "Early stopping patience in epochs (0 = off).")
     select_on: str = option(
         "auto",
-        "Validation metric for best.pt, LR plateaus and early stopping: semantic "
-        "accuracy (generated scenes) or BLEU-4; auto picks semantic when the data has "
-        "scenes.jsonl.",
+        "Validation metric for best.pt, LR plateaus and early stopping: loss "
+        "(cross-entropy), CIDEr, BLEU-4 or semantic accuracy (generated scenes); auto = "
+        "semantic with scenes.jsonl, else loss below 100 validation images, else BLEU-4.",
         choices=SELECTION_METRICS,
     )
     val_images: int = option(500, "Validation images per epoch (0 = all).")
+    group_by: str = option(
+        "",
+        "Without split files: a regex whose first group (or match) names an image's "
+        "group, e.g. '^(.+)_aug\\d+' so augmented copies of one photo share a split.",
+    )
     cache_dir: Path | None = option(None, "Feature cache root (default OUT/features).")
     seed: int = option(0, "Seed of shuffling, dropout and initial weights.")
     threads: int = option(0, "torch CPU threads (0 = all usable cores).")
@@ -256,6 +264,11 @@ class TrainOptions:
             raise ValueError("patience, val_images and threads must be >= 0")
         if self.model.max_len < 2:
             raise ValueError("max_len must be >= 2")
+        if self.group_by:
+            try:
+                re.compile(self.group_by)
+            except re.error as exc:
+                raise ValueError(f"--group-by {self.group_by!r} is not a regex: {exc}") from exc
         if self.resume and self.overwrite:
             raise ValueError("--resume continues OUT and --overwrite replaces it: pick one")
 

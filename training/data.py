@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +73,11 @@ class CaptionDataset:
         return path if path.is_file() else None
 
 
-def read_dataset(root: Path | str, check_images: bool = True) -> CaptionDataset:
-    """Detect the layout of `root` and read every split."""
+def read_dataset(
+    root: Path | str, check_images: bool = True, group_by: str = ""
+) -> CaptionDataset:
+    """Detect the layout of `root` and read every split. Without split files,
+    images are hash-split; `group_by` (a regex) keeps a group together."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"data directory not found: {root}")
@@ -91,7 +95,7 @@ def read_dataset(root: Path | str, check_images: bool = True) -> CaptionDataset:
             f"{KARPATHY_FILE}"
         )
     if splits is None:
-        splits = hash_splits(list(captions))
+        splits = hash_splits(list(captions), group_by)
     image_dir = _find_image_dir(root, next(iter(captions), None))
     out: dict[str, list[CaptionedImage]] = {}
     for split, names in splits.items():
@@ -107,11 +111,21 @@ def read_dataset(root: Path | str, check_images: bool = True) -> CaptionDataset:
     return CaptionDataset(root, layout, image_dir, out)
 
 
-def hash_splits(names: list[str]) -> dict[str, list[str]]:
-    """Assign each image to a split by a hash of its name (stable, order-free)."""
+def group_key(name: str, pattern: re.Pattern | None) -> str:
+    """What an image is split by: its name, or with --group-by the regex's first
+    group (or whole match) in it, so augmented copies of one photo share a split."""
+    match = pattern.search(name) if pattern else None
+    if match is None:
+        return name
+    return match.group(1) if pattern.groups else match.group(0)
+
+
+def hash_splits(names: list[str], group_by: str = "") -> dict[str, list[str]]:
+    """Assign each image to a split by a hash of its group key (stable, order-free)."""
+    pattern = re.compile(group_by) if group_by else None
     splits: dict[str, list[str]] = {split: [] for split, _ in DEFAULT_SPLIT_FRACTIONS}
     for name in names:
-        digest = hashlib.sha256(name.encode()).digest()
+        digest = hashlib.sha256(group_key(name, pattern).encode()).digest()
         point = int.from_bytes(digest[:8], "big") / 2**64
         edge = 0.0
         for split, fraction in DEFAULT_SPLIT_FRACTIONS:

@@ -45,17 +45,24 @@ def bleu_scores(hypotheses: dict[str, str], references: dict[str, list[str]]) ->
     return [float(s) for s in scores]
 
 
+def cider_score(hypotheses: dict[str, str], references: dict[str, list[str]]) -> float:
+    """Corpus CIDEr(-D as pycocoevalcap computes it) of one hypothesis per key."""
+    from pycocoevalcap.cider.cider import Cider
+
+    gts, res = _normalised(hypotheses, references)
+    return float(Cider().compute_score(gts, res)[0])
+
+
 def caption_metrics(
     hypotheses: dict[str, str], references: dict[str, list[str]], meteor: bool = True
 ) -> dict[str, float]:
     """BLEU-1..4, ROUGE-L, CIDEr and (when Java is present) METEOR."""
-    from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
     gts, res = _normalised(hypotheses, references)
     metrics = {f"bleu{n + 1}": s for n, s in enumerate(bleu_scores(hypotheses, references))}
     metrics["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
-    metrics["cider"] = float(Cider().compute_score(gts, res)[0])
+    metrics["cider"] = cider_score(hypotheses, references)
     if meteor and shutil.which("java"):
         from pycocoevalcap.meteor.meteor import Meteor
 
@@ -110,6 +117,7 @@ class EvalOptions:
     limit: int = 0  # evaluate only the first N images of the split (0 = all)
     meteor: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N, as fit
+    group_by: str | None = None  # hash-split grouping; None: the one fit used
 
     def __post_init__(self) -> None:
         if self.beam < 1:
@@ -132,7 +140,10 @@ def evaluate(options: EvalOptions) -> dict:
     data = load_checkpoint(checkpoint)
     model = model_from_checkpoint(data).to(device)
     tokenizer = CaptionTokenizer.from_checkpoint(data)
-    dataset = read_dataset(options.data)
+    group_by = options.group_by
+    if group_by is None:  # the split fit trained on, so "test" means the same images
+        group_by = data.get("extra", {}).get("options", {}).get("group_by", "")
+    dataset = read_dataset(options.data, group_by=group_by)
     splits = [options.split]
     if dataset.scenes_file and options.split == "test" and "test_novel" in dataset.splits:
         splits.append("test_novel")

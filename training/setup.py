@@ -218,7 +218,7 @@ def set_up(options: TrainOptions, dist_info: Distributed, out: Path) -> RunSetup
     device = pick_device(options.device, dist_info)
     threads = set_threads(options.threads, dist_info)
     seed_everything(options.seed)
-    dataset = read_dataset(options.data)
+    dataset = read_dataset(options.data, group_by=options.group_by)
     train, val = read_splits(options, dataset)
     start = resolve_start(options, out)
     tokenizer, model = build_start_model(options, start, train)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -36,7 +37,14 @@ from .checkpoint import save_checkpoint
 from .config import LR_SCHEDULES, SELECTION_METRICS, TrainOptions
 from .data import CaptionDataset
 from .model import caption_loss
-from .selection import Selection, ValidationScorer, selection_metric, validate
+from .selection import (
+    HIGHER_IS_BETTER,
+    TOLERANCE,
+    Selection,
+    ValidationScorer,
+    selection_metric,
+    split_warnings,
+)
 from .setup import BEST, LAST, RunSetup, close_distributed, init_distributed, set_up
 
 __all__ = ["LR_SCHEDULES", "SELECTION_METRICS", "TrainOptions", "fit"]
@@ -54,14 +62,17 @@ def fit(options: TrainOptions) -> dict:
         if dist_info.main:
             check_out(options, out)
         setup = set_up(options, dist_info, out)
-        select_on = selection_metric(options.select_on, setup.dataset)  # fail before the cache
+        # Before the cache: a wrong --select-on fails in a second, not after an hour.
+        select_on = selection_metric(options.select_on, setup.dataset, len(setup.val_images))
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         if options.overwrite and dist_info.main:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
         batches = make_batches(setup)
-        scorer = ValidationScorer(select_on, setup.dataset, setup.val_images)
+        scorer = ValidationScorer(
+            select_on, setup.dataset, setup.val_images, setup.tokenizer, setup.config.max_len
+        )
         return EpochLoop(setup, batches, scorer).run()
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
@@ -114,11 +125,16 @@ class EpochLoop:
         self.optimizer = torch.optim.Adam(groups, weight_decay=options.weight_decay)
         captions = len(batches.table.captions)
         steps = math.ceil(captions / options.batch_size) // setup.dist.world
-        self.scheduler = make_scheduler(self.optimizer, options, max(1, steps))
+        self.scheduler = make_scheduler(
+            self.optimizer, options, max(1, steps), HIGHER_IS_BETTER[scorer.metric]
+        )
         self.amp_dtype = _amp_dtype(device, options.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.selection = Selection()
+        self.selection = Selection(scorer.metric)
         self.first_epoch = 1
+        self.warnings: list[str] = []  # said once each, on stderr and in the metrics
+        for warning in split_warnings(len(setup.val_images), options.val_split):
+            self.warn(warning)
         if setup.start.resume:
             self._restore(setup.start.resume)
 
@@ -127,9 +143,14 @@ class EpochLoop:
         if self.scheduler is not None and resume.get("scheduler"):
             self.scheduler.load_state_dict(resume["scheduler"])
         self.first_epoch = int(resume["epoch"]) + 1
-        extra = resume["extra"]
-        best = float(extra.get("best_metric", extra.get("best_bleu4", -1.0)))
-        self.selection = Selection(best, int(extra.get("stale_epochs", 0)))
+        self.selection = Selection.restore(self.scorer.metric, resume["extra"])
+
+    def warn(self, message: str) -> None:
+        if message in self.warnings:
+            return
+        self.warnings.append(message)
+        if self.setup.dist.main:
+            print(f"capbatch-train: warning: {message}", file=sys.stderr, flush=True)
 
     def summary(self) -> dict:
         setup, device = self.setup, self.setup.device
@@ -147,6 +168,7 @@ class EpochLoop:
             "train_images": len(setup.train_images),
             "train_captions": len(self.batches.table.captions),
             "vocab_size": setup.config.vocab_size,
+            "warnings": self.warnings,
         }
 
     def run(self) -> dict:
@@ -162,7 +184,7 @@ class EpochLoop:
             summary.update(
                 best_metric=self.selection.best, epochs_run=summary["epochs_run"] + 1, last=record
             )
-            if options.patience and self.selection.stale >= options.patience:
+            if self.selection.should_stop(options.patience):
                 summary["stopped_early"] = True
                 break
         return summary
@@ -232,9 +254,7 @@ class EpochLoop:
         setup = self.setup
         score = 0.0
         if setup.dist.main:
-            score = validate(
-                setup.model, setup.tokenizer, self.batches.val_source, self.scorer, setup.device
-            )
+            score = self.scorer(setup.model, self.batches.val_source, setup.device)
         return _broadcast(score, setup)
 
     def decide(self, score: float) -> bool:
@@ -244,7 +264,10 @@ class EpochLoop:
             return True  # nothing to validate on: best.pt follows last.pt
         if self.scheduler is not None and self.setup.options.lr_schedule == "plateau":
             self.scheduler.step(score)
-        return self.selection.update(score)
+        improved = self.selection.update(score)
+        for warning in self.selection.warnings(self.setup.options.patience):
+            self.warn(warning)
+        return improved
 
     def record(self, epoch: int, result: EpochResult, score: float) -> dict:
         world = self.setup.dist.world
@@ -258,6 +281,7 @@ class EpochLoop:
             "train_seconds": round(result.seconds, 3),
             "captions_per_s": round(result.captions * world / seconds, 1),
             "images_per_s": round(result.images * world / seconds, 1),
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
         }
 
     def write(self, epoch: int, record: dict, improved: bool) -> None:
@@ -266,8 +290,7 @@ class EpochLoop:
         cache = self.batches.cache
         extra = {
             "select_on": self.scorer.metric,
-            "best_metric": self.selection.best,
-            "stale_epochs": self.selection.stale,
+            **self.selection.state(),
             "options": options.to_dict(),
             "dataset": {"path": str(options.data), "layout": setup.dataset.layout},
             "feature_cache": cache.fingerprint if cache else None,
@@ -292,11 +315,13 @@ class EpochLoop:
             print(json.dumps(record), flush=True)
 
 
-def make_scheduler(optimizer, options: TrainOptions, steps_per_epoch: int):
+def make_scheduler(optimizer, options: TrainOptions, steps_per_epoch: int, maximise: bool):
     if options.lr_schedule == "plateau":
+        # Changes within the selection's tie tolerance are no progress (nor a plateau's end).
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=0.5, patience=2
-        )
+            optimizer, mode="max" if maximise else "min", factor=0.5, patience=2,
+            threshold=TOLERANCE, threshold_mode="abs",
+        )  # fmt: skip
     if options.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=options.epochs * steps_per_epoch
