@@ -58,7 +58,7 @@ def selection_metric(requested: str, dataset: CaptionDataset, val_count: int) ->
     return "loss" if val_count < SMALL_VAL else "bleu4"
 
 
-def split_warnings(val_count: int, split: str) -> list[str]:
+def split_warnings(val_count: int, split: str, metric: str) -> list[str]:
     """What to say before training about the validation split's size."""
     if val_count == 0:
         return [
@@ -66,10 +66,8 @@ def split_warnings(val_count: int, split: str) -> list[str]:
             "early; add a split file or more images"
         ]
     if val_count < TINY_VAL:
-        return [
-            f"only {val_count} {split!r} images: validation scores are noisy; prefer "
-            "--select-on loss, or a larger validation split"
-        ]
+        advice = "a larger validation split" if metric == "loss" else "--select-on loss"
+        return [f"only {val_count} {split!r} images: validation scores are noisy; prefer {advice}"]
     return []
 
 
