@@ -217,3 +217,44 @@ def test_group_by_keeps_copies_of_a_photo_in_one_split(tmp_path, capsys):
     assert tested == grouped["test"] and len(lines) == 4 * len(tested)
     assert main(["fit", "--data", str(data), "--out", str(tmp_path / "x"), "--group-by", "("]) == 2
     assert "is not a regex" in capsys.readouterr().err
+
+
+def test_data_errors_are_listed_together_in_one_line(tmp_path, capsys):
+    from capbatch.training.cli import main
+
+    data = write_csv_dataset(tmp_path / "data", shape_scenes(limit=6))
+    csv_path = data / "captions.csv"
+    good = csv_path.read_text()
+    csv_path.write_text(good + "shape_001.png,a,b\nshape_002.png,   \nshape_003.png\n")
+    assert _fit(main, data, tmp_path / "run", tmp_path / "c") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "3 problems:" in err
+    for row in ("row 8: expected 2 fields", "row 9: empty caption", "row 10: expected 2 fields"):
+        assert row in err
+    csv_path.write_text(good)
+    for name in ("shape_000.png", "shape_004.png", "shape_005.png"):
+        (data / "images" / name).unlink()
+    assert _fit(main, data, tmp_path / "run", tmp_path / "c") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "3 images not found in" in err
+    assert "'shape_004.png' (in captions)" in err and "split" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_flickr_lines_without_a_number_and_unlisted_captions(tmp_path, capsys):
+    from capbatch.training.cli import main
+
+    from tests.test_training_fixtures import write_flickr_dataset
+
+    scenes = shape_scenes(limit=7)
+    data = write_flickr_dataset(tmp_path / "data", scenes[:6])
+    tokens = data / "Flickr8k.token.txt"
+    name, caption, image = scenes[6]
+    image.save(data / "Flicker8k_Dataset" / name)
+    lines = tokens.read_text().replace("#0\t", "\t")  # `name.jpg<TAB>caption` is accepted
+    tokens.write_text(lines + f"{name}\t{caption}\n")  # captioned, in no split file
+    out = tmp_path / "run"
+    assert _fit(main, data, out, tmp_path / "c") == 0
+    err = capsys.readouterr().err
+    assert "1 captioned images are in no split file and are not used (e.g. 'shape_006.png')" in err
+    assert "no split file" in _records(out)[0]["warnings"][0]

@@ -133,7 +133,8 @@ class EpochLoop:
         self.selection = Selection(scorer.metric)
         self.first_epoch = 1
         self.warnings: list[str] = []  # said once each, on stderr and in the metrics
-        for warning in split_warnings(len(setup.val_images), options.val_split, scorer.metric):
+        split_size = split_warnings(len(setup.val_images), options.val_split, scorer.metric)
+        for warning in [*setup.dataset.warnings, *split_size]:
             self.warn(warning)
         if setup.start.resume:
             self._restore(setup.start.resume)
