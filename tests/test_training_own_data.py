@@ -258,3 +258,19 @@ def test_flickr_lines_without_a_number_and_unlisted_captions(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 captioned images are in no split file and are not used (e.g. 'shape_006.png')" in err
     assert "no split file" in _records(out)[0]["warnings"][0]
+
+
+def test_an_oversized_pretrained_vocabulary_is_said_with_its_cost(dataset, cache, tmp_path, capsys):
+    from capbatch.training.cli import main
+
+    from tests.test_training_tokenizer import _minilm_dir
+
+    folder = _minilm_dir()
+    if folder is None:
+        pytest.skip("no local WordPiece vocabulary installed (dev extra)")
+    out = tmp_path / "run"
+    assert _fit(main, dataset, out, cache, "--tokenizer", str(folder)) == 0
+    err = capsys.readouterr().err
+    assert "the tokenizer has 30,522 tokens and the training captions use" in err
+    assert "without --tokenizer, fit trains a word tokenizer" in err
+    assert any("30,522 tokens" in w for w in _records(out)[0]["warnings"])

@@ -27,6 +27,8 @@ from .model import EncoderDecoder, build_model
 from .tokenizer import CaptionTokenizer, load_pretrained_tokenizer, train_word_tokenizer
 
 BEST, LAST = "best.pt", "last.pt"
+# A vocabulary this large, of which the captions use under a quarter, is worth a warning.
+BIG_VOCAB = 5000
 # ModelConfig fields that --init-from may change (dropout: the checkpoint's is kept).
 CHANGEABLE_ON_INIT = ("fine_tune_stages", "layout_init", "dropout")
 
@@ -137,6 +139,24 @@ def load_continued_weights(model: EncoderDecoder, state: dict, path: Path) -> No
             f"--init-from {path}: weights do not fit (missing {new[:3]}, unexpected "
             f"{list(unexpected)[:3]})"
         )
+
+
+def vocab_warnings(config: ModelConfig, captions: list[list[int]]) -> list[str]:
+    """A pretrained tokenizer far larger than the captions need: say what it costs.
+    Its embedding and output layers grow with the vocabulary (V x (embed + decoder
+    + 1) floats), and every decoding step scores all V tokens."""
+    used = {i for ids in captions for i in ids}
+    used |= {config.pad_id, config.start_id, config.end_id, config.unk_id}
+    vocab = config.vocab_size
+    if vocab < BIG_VOCAB or len(used) * 4 > vocab:
+        return []
+    per_token_mb = (config.embed_dim + config.decoder_dim + 1) * 4 / 1e6  # float32
+    return [
+        f"the tokenizer has {vocab:,} tokens and the training captions use {len(used):,}: "
+        f"the decoder's embedding and output layers take {vocab * per_token_mb:.0f} MB "
+        f"({len(used) * per_token_mb:.1f} MB would do) and every step scores all "
+        f"{vocab:,}; without --tokenizer, fit trains a word tokenizer on the captions"
+    ]
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,15 @@ from .selection import (
     selection_metric,
     split_warnings,
 )
-from .setup import BEST, LAST, RunSetup, close_distributed, init_distributed, set_up
+from .setup import (
+    BEST,
+    LAST,
+    RunSetup,
+    close_distributed,
+    init_distributed,
+    set_up,
+    vocab_warnings,
+)
 
 __all__ = ["LR_SCHEDULES", "SELECTION_METRICS", "TrainOptions", "fit"]
 METRICS_FILE = "metrics.jsonl"
@@ -134,7 +142,8 @@ class EpochLoop:
         self.first_epoch = 1
         self.warnings: list[str] = []  # said once each, on stderr and in the metrics
         split_size = split_warnings(len(setup.val_images), options.val_split, scorer.metric)
-        for warning in [*setup.dataset.warnings, *split_size]:
+        vocab = vocab_warnings(setup.config, batches.table.captions)
+        for warning in [*setup.dataset.warnings, *split_size, *vocab]:
             self.warn(warning)
         if setup.start.resume:
             self._restore(setup.start.resume)
