@@ -260,8 +260,11 @@ def test_flickr_lines_without_a_number_and_unlisted_captions(tmp_path, capsys):
     assert "no split file" in _records(out)[0]["warnings"][0]
 
 
-def test_an_oversized_pretrained_vocabulary_is_said_with_its_cost(dataset, cache, tmp_path, capsys):
+def test_an_oversized_pretrained_vocabulary_is_said_and_trimmed(dataset, cache, tmp_path, capsys):
+    from capbatch.training.checkpoint import load_checkpoint
     from capbatch.training.cli import main
+    from capbatch.training.data import read_dataset
+    from capbatch.training.tokenizer import CaptionTokenizer, load_pretrained_tokenizer
 
     from tests.test_training_tokenizer import _minilm_dir
 
@@ -272,5 +275,20 @@ def test_an_oversized_pretrained_vocabulary_is_said_with_its_cost(dataset, cache
     assert _fit(main, dataset, out, cache, "--tokenizer", str(folder)) == 0
     err = capsys.readouterr().err
     assert "the tokenizer has 30,522 tokens and the training captions use" in err
-    assert "without --tokenizer, fit trains a word tokenizer" in err
+    assert "--trim-tokenizer keeps only the tokens the captions use" in err
     assert any("30,522 tokens" in w for w in _records(out)[0]["warnings"])
+
+    trimmed = tmp_path / "trimmed"
+    assert _fit(main, dataset, trimmed, cache, "--tokenizer", str(folder), "--trim-tokenizer") == 0
+    assert "30,522 tokens" not in capsys.readouterr().err
+    saved = load_checkpoint(trimmed)
+    vocab_size = saved["config"]["vocab_size"]
+    assert 10 < vocab_size < 60  # the shape captions' pieces + BERT's specials
+    tokenizer = CaptionTokenizer.from_checkpoint(saved)
+    full = load_pretrained_tokenizer(folder)
+    for image in read_dataset(dataset).split("train"):
+        for caption in image.captions:  # exact on the captions it was trimmed on
+            ids = tokenizer.caption_ids(caption)
+            assert tokenizer.decode(ids) == full.decode(full.caption_ids(caption)) == caption
+            assert ids[0] == saved["config"]["start_id"] and ids[-1] == saved["config"]["end_id"]
+    assert tokenizer.caption_ids("zebra")[1] == saved["config"]["unk_id"]  # unseen: unknown

@@ -219,7 +219,12 @@ class TrainOptions:
         "train the decoder on cached features).",
     )
     tokenizer: Path | None = option(None, "Local HF tokenizer directory (default: train one).")
-    min_word_freq: int = option(1, "Words seen fewer times become [UNK].")
+    min_word_freq: int = option(1, "Words (or pieces) seen fewer times become [UNK].")
+    trim_tokenizer: bool = option(
+        False,
+        "With --tokenizer: keep only the tokens the training captions use (at least "
+        "--min-word-freq times), so the decoder's vocabulary layers shrink to match.",
+    )
     patience: int = option(5, "Early stopping patience in epochs (0 = off).")
     select_on: str = option(
         "auto",

@@ -24,7 +24,12 @@ from .checkpoint import config_from_checkpoint, load_checkpoint
 from .config import ModelConfig, TrainOptions
 from .data import CaptionDataset, CaptionedImage, read_dataset
 from .model import EncoderDecoder, build_model
-from .tokenizer import CaptionTokenizer, load_pretrained_tokenizer, train_word_tokenizer
+from .tokenizer import (
+    CaptionTokenizer,
+    load_pretrained_tokenizer,
+    train_word_tokenizer,
+    trim_tokenizer,
+)
 
 BEST, LAST = "best.pt", "last.pt"
 # A vocabulary this large, of which the captions use under a quarter, is worth a warning.
@@ -95,9 +100,12 @@ def seed_everything(seed: int) -> None:
 
 
 def make_tokenizer(options: TrainOptions, train: list[CaptionedImage]) -> CaptionTokenizer:
-    if options.tokenizer:
-        return load_pretrained_tokenizer(options.tokenizer)
     captions = [c for image in train for c in image.captions]
+    if options.tokenizer:
+        pretrained = load_pretrained_tokenizer(options.tokenizer)
+        if options.trim_tokenizer:
+            return trim_tokenizer(pretrained, captions, options.min_word_freq)
+        return pretrained
     return train_word_tokenizer(captions, min_frequency=options.min_word_freq)
 
 
@@ -155,7 +163,7 @@ def vocab_warnings(config: ModelConfig, captions: list[list[int]]) -> list[str]:
         f"the tokenizer has {vocab:,} tokens and the training captions use {len(used):,}: "
         f"the decoder's embedding and output layers take {vocab * per_token_mb:.0f} MB "
         f"({len(used) * per_token_mb:.1f} MB would do) and every step scores all "
-        f"{vocab:,}; without --tokenizer, fit trains a word tokenizer on the captions"
+        f"{vocab:,}; --trim-tokenizer keeps only the tokens the captions use"
     ]
 
 

@@ -211,3 +211,41 @@ def load_pretrained_tokenizer(directory: Path | str) -> CaptionTokenizer:
     # A copy: CaptionTokenizer switches padding/truncation off on its backend.
     backend = Tokenizer.from_str(hf.backend_tokenizer.to_str())
     return CaptionTokenizer(backend, specials, style)
+
+
+def trim_tokenizer(
+    tokenizer: CaptionTokenizer, captions: Sequence[str], min_frequency: int = 1
+) -> CaptionTokenizer:
+    """The same tokenizer with only the tokens the captions use (at least
+    min_frequency times) and its special tokens, renumbered densely in the old order.
+
+    Exact on the captions it was trimmed on: WordPiece takes the longest piece in
+    the vocabulary at each position, and every piece it took is kept. A word
+    whose pieces were dropped for rarity becomes the unknown token, as in a
+    trained word tokenizer. The decoder's embedding and output layers shrink
+    from the pretrained vocabulary (30,522 for BERT) to the captions' own.
+    """
+    data = json.loads(tokenizer.to_json())
+    model = data["model"]
+    if model.get("type") not in ("WordPiece", "WordLevel"):
+        raise UsageError(f"cannot trim a {model.get('type')} tokenizer (WordPiece or WordLevel)")
+    counts: dict[int, int] = {}
+    for text in captions:
+        for index in tokenizer.encode(text):
+            counts[index] = counts.get(index, 0) + 1
+    keep = {i for i, n in counts.items() if n >= min_frequency}
+    keep |= {added["id"] for added in data.get("added_tokens", [])}
+    keep |= {getattr(tokenizer.specials, k) for k in ("pad", "start", "end", "unk")}
+    new_id = {old: new for new, old in enumerate(sorted(keep))}
+    model["vocab"] = {t: new_id[i] for t, i in model["vocab"].items() if i in new_id}
+    for added in data.get("added_tokens", []):
+        added["id"] = new_id[added["id"]]
+    processor = data.get("post_processor") or {}
+    for special in (processor.get("special_tokens") or {}).values():
+        special["ids"] = [new_id[i] for i in special["ids"]]
+    if data.get("padding"):
+        data["padding"]["pad_id"] = new_id[data["padding"]["pad_id"]]
+    specials = SpecialIds(
+        **{k: new_id[getattr(tokenizer.specials, k)] for k in ("pad", "start", "end", "unk")}
+    )
+    return CaptionTokenizer.from_json(json.dumps(data), specials, tokenizer.style)
