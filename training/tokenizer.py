@@ -24,10 +24,12 @@ from pathlib import Path
 from capbatch.errors import UsageError
 from capbatch.vocab import VOCAB_STYLES, Vocab
 
+from .config import ModelConfig
+
 PAD, START, END, UNK = "[PAD]", "[START]", "[END]", "[UNK]"
 WORD_SPECIALS = (PAD, START, END, UNK)
 TOKENIZER_FILE = "tokenizer.json"
-DEFAULT_MAX_LEN = 30
+DEFAULT_MAX_LEN = ModelConfig.max_len  # the dataclass default, declared once there
 
 
 def word_level_json(vocab: Sequence[str], specials: Sequence[str]) -> str:
