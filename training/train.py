@@ -7,10 +7,12 @@ set-up (training/setup.py: device, DDP, threads, dataset, resume / init-from /
 fresh start), batches (training/batches.py: caption ids, image-major batches,
 feature source) and the epoch loop here.
 
-Per epoch: train, greedy-decode the validation images, score them (semantic
-accuracy on generated scenes, BLEU-4 otherwise: --select-on), write last.pt
-(and best.pt when the score improved), append a line to metrics.jsonl, stop
-early after `patience` epochs without improvement. Shuffling and dropout
+Per epoch: train, score the validation split (--select-on, training/
+selection.py: loss, CIDEr, BLEU-4 or semantic accuracy), write last.pt (and
+best.pt when the score improved beyond the tie tolerance), append a line to
+metrics.jsonl, stop early after `patience` epochs without improvement once the
+score has moved. A run folder holds one run: a used OUT needs --resume or
+--overwrite. Shuffling and dropout
 are seeded from (seed, epoch), so a resumed run continues the same sequence.
 Several processes (torchrun, WORLD_SIZE > 1) train with DDP; rank 0 validates
 and writes, and its score is broadcast so every rank takes the same decisions.
