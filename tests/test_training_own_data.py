@@ -292,3 +292,15 @@ def test_an_oversized_pretrained_vocabulary_is_said_and_trimmed(dataset, cache, 
             assert tokenizer.decode(ids) == full.decode(full.caption_ids(caption)) == caption
             assert ids[0] == saved["config"]["start_id"] and ids[-1] == saved["config"]["end_id"]
     assert tokenizer.caption_ids("zebra")[1] == saved["config"]["unk_id"]  # unseen: unknown
+
+
+def test_resume_keeps_the_runs_metric_and_best(dataset, cache, tmp_path, capsys):
+    from capbatch.training.cli import main
+
+    out = tmp_path / "run"
+    assert _fit(main, dataset, out, cache, "--lr", "0.01") == 0
+    assert _fit(main, dataset, out, cache, "--lr", "0.01", "--resume", "--epochs", "2") == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    records = _records(out)
+    assert [r["epoch"] for r in records] == [1, 2] and summary["select_on"] == "loss"
+    assert summary["best_metric"] == min(r["val_loss"] for r in records)

@@ -202,6 +202,9 @@ class Selection:
 
     @classmethod
     def restore(cls, metric: str, extra: dict) -> Selection:
+        """A resumed run's selection; a fresh one when the run selected on another metric."""
+        if extra.get("select_on", "bleu4") != metric:
+            return cls(metric)
         best = extra.get("best_metric", extra.get("best_bleu4"))
         best = None if best is None or best == -1.0 else float(best)
         first = extra.get("first_metric")

@@ -72,8 +72,11 @@ def fit(options: TrainOptions) -> dict:
         if dist_info.main:
             check_out(options, out)
         setup = set_up(options, dist_info, out)
+        requested = options.select_on
+        if setup.start.resume and requested == "auto":  # a resumed run keeps its metric
+            requested = setup.start.resume["extra"].get("select_on", requested)
         # Before the cache: a wrong --select-on fails in a second, not after an hour.
-        select_on = selection_metric(options.select_on, setup.dataset, len(setup.val_images))
+        select_on = selection_metric(requested, setup.dataset, len(setup.val_images))
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         if options.overwrite and dist_info.main:
