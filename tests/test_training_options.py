@@ -12,6 +12,8 @@ from capbatch.training.config import ModelConfig, TrainOptions, option
 from capbatch.training.options_cli import command_from
 from typer.testing import CliRunner
 
+from capbatch.errors import UsageError
+
 
 def _app(cls):
     """A one-command app that captures the options object the command builds."""
@@ -97,3 +99,17 @@ def test_bad_values_are_one_line_exit_2(tmp_path, capsys):
     assert "--feature-taps must be comma-separated integers" in err and err.count("\n") == 1
     assert main([*base, "--dropout", "1.5"]) == 2
     assert "dropout must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_eval_options_are_declared_once_too(tmp_path):
+    from capbatch.training.config import EvalOptions
+
+    app, seen = _app(EvalOptions)
+    assert {"--ckpt", "--data", "--beam", "--device", "--group-by"} <= _flags(app)
+    assert "--checkpoint" not in _flags(app) and "--batch-size" not in _flags(app)
+    args = ["fit", "--ckpt", str(tmp_path), "--data", str(tmp_path), "--beam", "3"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert seen == [EvalOptions(checkpoint=tmp_path, data=tmp_path, beam=3)]
+    assert seen[0].device == "auto"
+    bad = CliRunner().invoke(app, [*args[:5], "--beam", "0"])
+    assert isinstance(bad.exception, UsageError) and "beam must be >= 1" in str(bad.exception)

@@ -10,15 +10,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
-from typing import Annotated
 
 import typer
 
 from capbatch.cli import run_app
-from capbatch.errors import UsageError
 
-from .config import TrainOptions
+from .config import EvalOptions, TrainOptions
 from .options_cli import command_from
 
 app = typer.Typer(
@@ -55,48 +52,9 @@ app.command("fit")(
 )
 
 
-@app.command("eval")
-def eval_(
-    ckpt: Annotated[
-        Path, typer.Option(help="Checkpoint (best.pt), or a run folder (uses its best.pt).")
-    ],
-    data: Annotated[Path, typer.Option(help="Dataset directory.")],
-    split: str = "test",
-    beam: Annotated[int, typer.Option(help="1 = greedy, K > 1 = beam search.")] = 1,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Write the JSON report here, and every prediction with all its "
-            "references to OUT's name + .predictions.jsonl beside it."
-        ),
-    ] = None,
-    cache_dir: Annotated[
-        Path | None, typer.Option(help="Feature cache root (default: next to the checkpoint).")
-    ] = None,
-    limit: Annotated[int, typer.Option(help="Only the first N images (0 = all).")] = 0,
-    meteor: Annotated[bool, typer.Option(help="METEOR (needs Java).")] = True,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    group_by: Annotated[
-        str | None,
-        typer.Option(help="Hash-split grouping regex (default: the one fit used)."),
-    ] = None,
-) -> None:
-    """Caption a split and report BLEU-1..4, METEOR, ROUGE-L, CIDEr (+ semantic accuracy)."""
-    from .evaluate import EvalOptions, evaluate
+def _eval(options: EvalOptions) -> None:
+    from .evaluate import evaluate
 
-    options = _options(
-        EvalOptions,
-        checkpoint=ckpt,
-        data=data,
-        split=split,
-        beam=beam,
-        out=out,
-        cache_dir=cache_dir,
-        limit=limit,
-        meteor=meteor,
-        device=device,
-        group_by=group_by,
-    )
     report = evaluate(options)
     summary = {
         split: {k: v for k, v in result.items() if k != "examples"}
@@ -105,11 +63,13 @@ def eval_(
     typer.echo(json.dumps(summary, indent=2))
 
 
-def _options(cls, **kwargs):
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+app.command("eval")(
+    command_from(
+        EvalOptions,
+        _eval,
+        "Caption a split and report BLEU-1..4, METEOR, ROUGE-L, CIDEr (+ semantic accuracy).",
+    )
+)
 
 
 def _register_scenes() -> None:

@@ -43,15 +43,17 @@ def option(
     *,
     choices: tuple | None = None,
     cli: bool = True,
+    flag: str | None = None,
     default_factory: Any = MISSING,
 ) -> Any:
     """A dataclass field that is also a `capbatch-train fit` option.
 
     `choices` are checked in __post_init__ (check_choices) and become the CLI's
     choice list; `cli=False` keeps a field out of the CLI (set by code: the
-    tokenizer's ids, preprocessing constants, test-only switches).
+    tokenizer's ids, preprocessing constants, test-only switches); `flag` names
+    the option otherwise than the field.
     """
-    metadata = {"help": help, "choices": choices, "cli": cli}
+    metadata = {"help": help, "choices": choices, "cli": cli, "flag": flag}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -285,3 +287,34 @@ class TrainOptions:
             k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
             for k, v in data.items()
         }
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `capbatch-train eval` needs (training/evaluate.py)."""
+
+    checkpoint: Path = option(
+        help="Checkpoint (best.pt), or a run folder (uses its best.pt).", flag="--ckpt"
+    )
+    data: Path = option(help="Dataset directory.")
+    split: str = option("test", "Split to caption and score.")
+    beam: int = option(1, "1 = greedy, K > 1 = beam search.")
+    out: Path | None = option(
+        None,
+        "Write the JSON report here, and every prediction with all its references "
+        "to OUT's name + .predictions.jsonl beside it.",
+    )
+    cache_dir: Path | None = option(None, "Feature cache root (default: next to the checkpoint).")
+    batch_size: int = option(64, cli=False)
+    limit: int = option(0, "Only the first N images (0 = all).")
+    meteor: bool = option(True, "METEOR (needs Java).")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    group_by: str | None = option(None, "Hash-split grouping regex (default: the one fit used).")
+
+    def __post_init__(self) -> None:
+        if self.beam < 1:
+            raise ValueError("beam must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.limit < 0:
+            raise ValueError("limit must be >= 0")

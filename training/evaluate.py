@@ -14,7 +14,6 @@ import json
 import re
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ import torch
 from capbatch.errors import UsageError
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from .config import EvalOptions
 from .data import CaptionedImage, DatasetError, read_dataset
 from .decoding import decode_features
 from .features import build_feature_cache
@@ -103,29 +103,6 @@ def caption_features(
         hyps = decode_features(model, chunk, beam)
         captions.extend(tokenizer.decode(h.tokens) for h in hyps)
     return captions
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    checkpoint: Path
-    data: Path
-    split: str = "test"
-    beam: int = 1
-    out: Path | None = None
-    cache_dir: Path | None = None  # default: the checkpoint's folder / "features"
-    batch_size: int = 64
-    limit: int = 0  # evaluate only the first N images of the split (0 = all)
-    meteor: bool = True
-    device: str = "auto"  # auto | cpu | cuda | cuda:N, as fit
-    group_by: str | None = None  # hash-split grouping; None: the one fit used
-
-    def __post_init__(self) -> None:
-        if self.beam < 1:
-            raise ValueError("beam must be >= 1")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if self.limit < 0:
-            raise ValueError("limit must be >= 0")
 
 
 def evaluate(options: EvalOptions) -> dict:

@@ -65,11 +65,13 @@ def _parameter(f: dataclasses.Field, kind: Any) -> inspect.Parameter:
         default = kind(str(default)) if default is not inspect.Parameter.empty else default
     elif _is_int_tuple(kind):
         kind, default = str, ",".join(str(v) for v in default)
+    flag = f.metadata.get("flag")  # a flag named otherwise than the field (eval's --ckpt)
+    option_info = typer.Option(flag, help=help_text) if flag else typer.Option(help=help_text)
     return inspect.Parameter(
         f.name,
         inspect.Parameter.KEYWORD_ONLY,
         default=default,
-        annotation=Annotated[kind, typer.Option(help=help_text)],
+        annotation=Annotated[kind, option_info],
     )
 
 
