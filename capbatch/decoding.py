@@ -1,9 +1,10 @@
 """Greedy and beam-search decoding in numpy over an injectable step model.
 
-The rules are those of docs/decoding.md, which the PyTorch reference
-(training/decoding.py) follows too, so both agree token for token. The loop
-only sees the `StepModel` interface (whisper's `Inference` idea): tests drive
-it with a fake, the runtime with the ONNX decoder_step graph (capbatch/bundle.py).
+The rules are those of docs/decoding.md, and this is their only implementation.
+The loop only sees the `StepModel` interface (whisper's `Inference` idea): tests
+drive it with a fake, the runtime with the ONNX decoder_step graph
+(capbatch/bundle.py), training and export validation with the PyTorch model
+(training/decoding.TorchStepModel).
 
 A step model carries each image's encoder outputs (computed once) and an opaque
 per-row state; rows are (image, hypothesis) pairs. The loop asks it to run a
@@ -251,26 +252,18 @@ def beam_search(model: StepModel, options: DecodingOptions) -> list[list[Hypothe
         new_logprobs = np.concatenate(
             [row_logprobs[parent_row], chosen_lp[..., None]], axis=2
         )  # (G, K, t+1)
-        new_alphas = None
-        if options.return_alphas:
-            step_alpha = result.alpha[parent_row][:, :, None, :]  # (G, K, 1, L)
-            previous = (
-                row_alphas[parent_row]
-                if row_alphas is not None
-                else np.zeros(step_alpha.shape[:2] + (0, step_alpha.shape[-1]), np.float32)
-            )
-            new_alphas = np.concatenate([previous, step_alpha], axis=2)  # (G, K, t+1, L)
+        new_alphas = (
+            _extend_alphas(row_alphas, result.alpha, parent_row) if options.return_alphas else None
+        )  # (G, K, t+1, L)
 
         ended = valid & (next_token == end_id)  # (G, K)
         for g, j in zip(*np.nonzero(ended)):  # row-major: finishing order per image
-            finished[int(images[g])].append(
-                Hypothesis(
-                    tuple(int(t) for t in new_tokens[g, j, :-1]),
-                    new_logprobs[g, j].copy(),
-                    float(chosen_total[g, j]),
-                    new_alphas[g, j].copy() if new_alphas is not None else None,
-                )
-            )
+            alphas = new_alphas[g, j].copy() if new_alphas is not None else None
+            hyp = Hypothesis(
+                tuple(int(t) for t in new_tokens[g, j, :-1]), new_logprobs[g, j].copy(),
+                float(chosen_total[g, j]), alphas,
+            )  # fmt: skip
+            finished[int(images[g])].append(hyp)
         keep = valid & (next_token != end_id)  # (G, K): row-major keeps images contiguous
         state = model.select(result.state, parent_row[keep])
         row_image = images[np.nonzero(keep)[0]]
@@ -282,16 +275,28 @@ def beam_search(model: StepModel, options: DecodingOptions) -> list[list[Hypothe
 
     # Live hypotheses at max_len finish as they are, after the finished ones.
     for r, image in enumerate(row_image.tolist()):
+        alphas = row_alphas[r].copy() if row_alphas is not None else None
         finished[image].append(
             Hypothesis(
-                tuple(int(t) for t in row_tokens[r]),
-                row_logprobs[r].copy(),
-                float(row_score[r]),
-                row_alphas[r].copy() if row_alphas is not None else None,
-            )
+                tuple(int(t) for t in row_tokens[r]), row_logprobs[r].copy(),
+                float(row_score[r]), alphas,
+            )  # fmt: skip
         )
     # sorted() is stable: equal means keep pool order.
     return [sorted(pool, key=lambda hyp: -hyp.mean_logprob) for pool in finished]
+
+
+def _extend_alphas(
+    row_alphas: np.ndarray | None, step_alpha: np.ndarray, parent_row: np.ndarray
+) -> np.ndarray:
+    """(R, t, L) attention so far + this step's (R, L) -> (G, K, t+1, L) along beam parents."""
+    step = step_alpha[parent_row][:, :, None, :]  # (G, K, 1, L)
+    previous = (
+        row_alphas[parent_row]
+        if row_alphas is not None
+        else np.zeros(step.shape[:2] + (0, step.shape[-1]), np.float32)
+    )
+    return np.concatenate([previous, step], axis=2)
 
 
 def _top_candidates(totals: np.ndarray, k: int) -> np.ndarray:

@@ -80,7 +80,7 @@ def test_ort_greedy_reproduces_torch_tokens(validated_bundle, batch):
         end_id=2,
         max_len=model.config.max_len,
     )
-    assert [list(r.tokens) for r in got] == [h.tokens for h in reference]
+    assert [list(r.tokens) for r in got] == [list(h.tokens) for h in reference]
     assert [r.steps for r in got] == [h.steps for h in reference]
     vocab = tiny_vocab()
     # The tiny model learned its captions: the comparison is between clear argmaxes.

@@ -96,7 +96,8 @@ def test_errors_are_one_line_with_exit_code(tmp_path, capsys):
 def test_same_seed_same_weights(dataset, tmp_path):
     import torch
     from capbatch.training.checkpoint import load_checkpoint
-    from capbatch.training.train import TrainOptions, fit
+    from capbatch.training.config import ModelConfig, TrainOptions
+    from capbatch.training.train import fit
 
     def run(name, seed):
         options = TrainOptions(
@@ -104,9 +105,7 @@ def test_same_seed_same_weights(dataset, tmp_path):
             out=tmp_path / name,
             epochs=1,
             batch_size=4,
-            embed_dim=16,
-            attention_dim=16,
-            decoder_dim=32,
+            model=ModelConfig(embed_dim=16, attention_dim=16, decoder_dim=32),
             threads=1,
             progress=False,
             seed=seed,
@@ -124,23 +123,21 @@ def test_same_seed_same_weights(dataset, tmp_path):
 def test_fine_tuning_trains_only_the_unfrozen_stage_from_images(dataset, tmp_path):
     import torch
     from capbatch.training.checkpoint import load_checkpoint
-    from capbatch.training.config import ModelConfig
+    from capbatch.training.config import ModelConfig, TrainOptions
     from capbatch.training.model import build_model
-    from capbatch.training.train import TrainOptions, fit
+    from capbatch.training.train import fit
 
     options = TrainOptions(
         data=dataset,
         out=tmp_path / "ft",
         epochs=1,
         batch_size=8,
-        embed_dim=16,
-        attention_dim=16,
-        decoder_dim=32,
+        model=ModelConfig(
+            embed_dim=16, attention_dim=16, decoder_dim=32, fine_tune_stages=1,
+            feature_taps=(1, 2), position_features=True,
+        ),  # fmt: skip
         threads=1,
         progress=False,
-        fine_tune_stages=1,
-        feature_taps=(1, 2),
-        position_features=True,
         val_images=2,
     )
     fit(options)

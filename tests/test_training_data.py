@@ -70,7 +70,7 @@ def test_csv_bad_header_and_empty_caption(tmp_path, scenes):
 def test_missing_image_is_named(tmp_path, scenes):
     root = write_csv_dataset(tmp_path, scenes)
     (root / "images" / scenes[3][0]).unlink()
-    with pytest.raises(DatasetError, match=rf"{scenes[3][0]}'?, not found at"):
+    with pytest.raises(DatasetError, match=rf"image '{scenes[3][0]}' \(in captions\) not found at"):
         read_dataset(root)
 
 

@@ -51,7 +51,8 @@ def _scene_dataset(root):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from capbatch.training.train import TrainOptions, fit
+    from capbatch.training.config import ModelConfig, TrainOptions
+    from capbatch.training.train import fit
 
     root, captions = _scene_dataset(tmp_path_factory.mktemp("data"))
     out = tmp_path_factory.mktemp("run")
@@ -62,15 +63,13 @@ def trained(tmp_path_factory):
         batch_size=8,
         lr=5e-3,
         lr_schedule="constant",
-        dropout=0.0,
-        embed_dim=32,
-        attention_dim=32,
-        decoder_dim=64,
+        model=ModelConfig(
+            dropout=0.0, embed_dim=32, attention_dim=32, decoder_dim=64, max_len=16
+        ),
         attention_weight=0.1,
         patience=0,
         progress=False,
         seed=0,
-        max_len=16,
         threads=1,
     )
     summary = fit(options)
@@ -192,7 +191,8 @@ def test_resume_continues_from_last(trained, tmp_path):
     import shutil
 
     from capbatch.training.checkpoint import load_checkpoint
-    from capbatch.training.train import TrainOptions, fit
+    from capbatch.training.config import ModelConfig, TrainOptions
+    from capbatch.training.train import fit
 
     root, out, _, _ = trained
     copy = tmp_path / "run"
@@ -204,15 +204,13 @@ def test_resume_continues_from_last(trained, tmp_path):
         batch_size=8,
         lr=5e-3,
         lr_schedule="constant",
-        dropout=0.0,
-        embed_dim=32,
-        attention_dim=32,
-        decoder_dim=64,
+        model=ModelConfig(
+            dropout=0.0, embed_dim=32, attention_dim=32, decoder_dim=64, max_len=16
+        ),
         attention_weight=0.1,
         patience=0,
         progress=False,
         seed=0,
-        max_len=16,
         threads=1,
         resume=True,
     )

@@ -26,6 +26,7 @@ from .model import EncoderDecoder, build_model
 
 CHECKPOINT_FORMAT = "capbatch-checkpoint"
 CHECKPOINT_VERSION = 1
+RUN_BEST = "best.pt"  # what a run folder given as a checkpoint stands for
 
 
 def save_checkpoint(
@@ -63,9 +64,20 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: Path | str) -> dict:
-    """Load safely; every way a file can be wrong becomes one CheckpointError line."""
+def resolve_checkpoint(path: Path | str) -> Path:
+    """A checkpoint file, or a run folder standing for its best.pt."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / RUN_BEST).is_file():
+            raise CheckpointError(f"checkpoint not found: {path} is a folder without {RUN_BEST}")
+        return path / RUN_BEST
+    return path
+
+
+def load_checkpoint(path: Path | str) -> dict:
+    """Load safely (a run folder means its best.pt); every way a file can be wrong
+    becomes one CheckpointError line."""
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:

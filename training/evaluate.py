@@ -14,18 +14,19 @@ import json
 import re
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from capbatch.errors import UsageError
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from .config import EvalOptions
 from .data import CaptionedImage, DatasetError, read_dataset
-from .decoding import beam_search, greedy_decode
+from .decoding import decode_features
 from .features import build_feature_cache
 from .model import EncoderDecoder
+from .setup import Distributed, pick_device
 from .tokenizer import CaptionTokenizer
 
 _WORDS = re.compile(r"[a-z0-9']+")
@@ -44,17 +45,24 @@ def bleu_scores(hypotheses: dict[str, str], references: dict[str, list[str]]) ->
     return [float(s) for s in scores]
 
 
+def cider_score(hypotheses: dict[str, str], references: dict[str, list[str]]) -> float:
+    """Corpus CIDEr(-D as pycocoevalcap computes it) of one hypothesis per key."""
+    from pycocoevalcap.cider.cider import Cider
+
+    gts, res = _normalised(hypotheses, references)
+    return float(Cider().compute_score(gts, res)[0])
+
+
 def caption_metrics(
     hypotheses: dict[str, str], references: dict[str, list[str]], meteor: bool = True
 ) -> dict[str, float]:
     """BLEU-1..4, ROUGE-L, CIDEr and (when Java is present) METEOR."""
-    from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
     gts, res = _normalised(hypotheses, references)
     metrics = {f"bleu{n + 1}": s for n, s in enumerate(bleu_scores(hypotheses, references))}
     metrics["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
-    metrics["cider"] = float(Cider().compute_score(gts, res)[0])
+    metrics["cider"] = cider_score(hypotheses, references)
     if meteor and shutil.which("java"):
         from pycocoevalcap.meteor.meteor import Meteor
 
@@ -92,83 +100,88 @@ def caption_features(
     captions: list[str] = []
     for start in range(0, features.shape[0], batch_size):
         chunk = features[start : start + batch_size]  # (B, L, D)
-        if beam == 1:
-            hyps = greedy_decode(model, chunk)
-        else:
-            hyps = [ranked[0] for ranked in beam_search(model, chunk, beam_size=beam)]
+        hyps = decode_features(model, chunk, beam)
         captions.extend(tokenizer.decode(h.tokens) for h in hyps)
     return captions
 
 
-@dataclass(frozen=True)
-class EvalOptions:
-    checkpoint: Path
-    data: Path
-    split: str = "test"
-    beam: int = 1
-    out: Path | None = None
-    cache_dir: Path | None = None  # default: the checkpoint's folder / "features"
-    batch_size: int = 64
-    limit: int = 0  # evaluate only the first N images of the split (0 = all)
-    meteor: bool = True
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.beam < 1:
-            raise ValueError("beam must be >= 1")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if self.limit < 0:
-            raise ValueError("limit must be >= 0")
-
-
 def evaluate(options: EvalOptions) -> dict:
-    """Caption a split with a checkpoint and score it; write the JSON report if asked.
+    """Caption a split with a checkpoint (a file, or a run folder: its best.pt) and
+    score it; write the JSON report and every prediction (JSONL) if asked.
 
     On a generated-scenes dataset, evaluating "test" also reports "test_novel"
     (held-out combinations), each with its own semantic accuracy.
     """
-    data = load_checkpoint(options.checkpoint)
-    model = model_from_checkpoint(data).to(options.device)
+    checkpoint = resolve_checkpoint(options.checkpoint)
+    device = pick_device(options.device, Distributed())
+    data = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(data).to(device)
     tokenizer = CaptionTokenizer.from_checkpoint(data)
-    dataset = read_dataset(options.data)
+    group_by = options.group_by
+    if group_by is None:  # the split fit trained on, so "test" means the same images
+        group_by = data.get("extra", {}).get("options", {}).get("group_by", "")
+    dataset = read_dataset(options.data, group_by=group_by)
     splits = [options.split]
     if dataset.scenes_file and options.split == "test" and "test_novel" in dataset.splits:
         splits.append("test_novel")
-    cache_root = options.cache_dir or Path(options.checkpoint).parent / "features"
+    cache_root = options.cache_dir or checkpoint.parent / "features"
     facts = scene_facts(dataset.root) if dataset.scenes_file else None
     report: dict = {
-        "checkpoint": str(options.checkpoint),
+        "checkpoint": str(checkpoint),
         "data": str(options.data),
         "beam": options.beam,
         "epoch": data.get("epoch"),
         "splits": {},
     }
+    predictions: list[dict] = []
     for split in splits:
         images = dataset.split(split)
         if options.limit:
             images = images[: options.limit]
         if not images:
             raise DatasetError(f"{options.data}: split {split!r} is empty")
-        captions = caption_images(model, tokenizer, images, cache_root, options)
-        hypotheses = {im.name: c for im, c in zip(images, captions, strict=True)}
-        references = {im.name: list(im.captions) for im in images}
-        result: dict = {"images": len(images)}
-        result.update(caption_metrics(hypotheses, references, meteor=options.meteor))
-        if facts is not None:
-            truths = [facts[im.name] for im in images]
-            result["semantic_accuracy"] = semantic_accuracy_of(captions, truths)
-            # Which fact the wrong captions got wrong (colour, shape, relation, ...).
-            result["mismatches"] = _scenes_module().mismatch_counts(captions, truths)
-        result["examples"] = [
-            {"image": im.name, "caption": c, "references": list(im.captions[:2])}
-            for im, c in list(zip(images, captions))[:5]
-        ]
-        report["splits"][split] = result
+        captions = caption_images(model, tokenizer, images, cache_root, options, device)
+        report["splits"][split] = score_split(images, captions, facts, options.meteor)
+        predictions.extend(
+            {"split": split, "image": im.name, "caption": c, "references": list(im.captions)}
+            for im, c in zip(images, captions, strict=True)
+        )
     if options.out:
-        Path(options.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(options.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_report(Path(options.out), report, predictions)
     return report
+
+
+def predictions_path(report: Path) -> Path:
+    """Where every prediction goes, beside the report: REPORT.predictions.jsonl."""
+    return report.with_name(report.stem + ".predictions.jsonl")
+
+
+def write_report(path: Path, report: dict, predictions: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = predictions_path(path)
+    report["predictions"] = str(lines)
+    lines.write_text("".join(json.dumps(p) + "\n" for p in predictions), encoding="utf-8")
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def score_split(
+    images: Sequence[CaptionedImage], captions: list[str], facts: dict | None, meteor: bool
+) -> dict:
+    """Metrics of one split's captions (+ semantic accuracy on generated scenes)."""
+    hypotheses = {im.name: c for im, c in zip(images, captions, strict=True)}
+    references = {im.name: list(im.captions) for im in images}
+    result: dict = {"images": len(images)}
+    result.update(caption_metrics(hypotheses, references, meteor=meteor))
+    if facts is not None:
+        truths = [facts[im.name] for im in images]
+        result["semantic_accuracy"] = semantic_accuracy_of(captions, truths)
+        # Which fact the wrong captions got wrong (colour, shape, relation, ...).
+        result["mismatches"] = _scenes_module().mismatch_counts(captions, truths)
+    result["examples"] = [
+        {"image": im.name, "caption": c, "references": list(im.captions)}
+        for im, c in list(zip(images, captions))[:5]
+    ]
+    return result
 
 
 def caption_images(
@@ -177,11 +190,12 @@ def caption_images(
     images: Sequence[CaptionedImage],
     cache_root: Path,
     options: EvalOptions,
+    device: torch.device,
 ) -> list[str]:
     cache = build_feature_cache(
-        model.encoder, [(im.name, im.path) for im in images], cache_root, device=options.device
+        model.encoder, [(im.name, im.path) for im in images], cache_root, device=device
     )
-    features = cache.batch(cache.rows([im.name for im in images])).to(options.device)
+    features = cache.batch(cache.rows([im.name for im in images])).to(device)
     return caption_features(model, tokenizer, features, options.beam, options.batch_size)
 
 

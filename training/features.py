@@ -7,12 +7,16 @@ decoder.
 
 Layout of one cache (a directory per encoder fingerprint under the cache root):
 
-    <root>/<fingerprint[:16]>/index.json      {"fingerprint", "names", "shape", "dtype"}
+    <root>/<fingerprint[:16]>/index.json      {"version", "fingerprint", "names", "digests",
+                                               "shape", "dtype"}
     <root>/<fingerprint[:16]>/features.f16    raw float16, shape (N, L, D), row i = names[i]
+                                              whose file had sha256 digests[i]
 
 The fingerprint hashes the encoder-relevant config (backbone, taps, positions,
 normalisation, preprocessing) and every encoder tensor, so a different
-encoder or weights file can never be served stale features. A build that is
+encoder or weights file can never be served stale features. A row is keyed on
+the image's name AND the digest of its bytes, so an image replaced under the
+same name gets new features (the old row stays, unused). A build that is
 interrupted resumes from its `.partial` files; adding images to a cache copies
 the rows it already has instead of recomputing them.
 """
@@ -24,7 +28,7 @@ import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,16 @@ from .model import ImageEncoder
 INDEX_FILE = "index.json"
 DATA_FILE = "features.f16"
 PARTIAL = ".partial"
+INDEX_VERSION = 2  # 2: rows keyed on (name, content digest)
+
+
+def content_digest(path: Path) -> str:
+    """sha256 of a file's bytes (hex, 32 chars): what a cached row was computed from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:32]
 
 
 def encoder_fingerprint(encoder: ImageEncoder) -> str:
@@ -86,11 +100,21 @@ class FeatureCache:
     directory: Path
     fingerprint: str
     names: tuple[str, ...]
+    digests: tuple[str, ...]  # content digest of row i's image when it was computed
     features: np.ndarray  # (N, L, D) float16 memmap, read-only
+    # name -> row for the images this cache was opened for (their current contents).
+    current: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def row_of(self) -> dict[str, int]:
-        return {name: row for row, name in enumerate(self.names)}
+        if self.current:
+            return self.current
+        return {name: row for row, name in enumerate(self.names)}  # the latest row of a name
+
+    def for_images(self, keys: Sequence[tuple[str, str]]) -> FeatureCache:
+        """The same cache, answering `rows` with the rows of these (name, digest) keys."""
+        row_of_key = {key: row for row, key in enumerate(zip(self.names, self.digests))}
+        return replace(self, current={key[0]: row_of_key[key] for key in keys})
 
     def rows(self, names: Sequence[str]) -> np.ndarray:
         row_of = self.row_of
@@ -107,7 +131,8 @@ class FeatureCache:
 
     @classmethod
     def open(cls, directory: Path, fingerprint: str | None = None) -> FeatureCache | None:
-        """The complete cache in `directory`, or None if absent or for another encoder."""
+        """The complete cache in `directory`, or None if absent, of an older layout
+        or for another encoder."""
         index_path = directory / INDEX_FILE
         if not index_path.is_file() or not (directory / DATA_FILE).is_file():
             return None
@@ -115,13 +140,16 @@ class FeatureCache:
             index = json.loads(index_path.read_text())
         except json.JSONDecodeError:
             return None
+        if index.get("version") != INDEX_VERSION:
+            return None
         if fingerprint is not None and index.get("fingerprint") != fingerprint:
             return None
         shape = tuple(index["shape"])
         if (directory / DATA_FILE).stat().st_size != int(np.prod(shape)) * 2:
             return None
         features = np.memmap(directory / DATA_FILE, dtype=np.float16, mode="r", shape=shape)
-        return cls(directory, index["fingerprint"], tuple(index["names"]), features)
+        names, digests = tuple(index["names"]), tuple(index["digests"])
+        return cls(directory, index["fingerprint"], names, digests, features)
 
 
 def build_feature_cache(
@@ -133,23 +161,31 @@ def build_feature_cache(
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> FeatureCache:
-    """Features for every (name, path), computing only those not cached yet."""
+    """Features for every (name, path) as its file is now, computing only rows
+    not cached yet (new images, and images whose bytes changed)."""
     fingerprint = encoder_fingerprint(encoder)
     directory = Path(cache_root) / fingerprint[:16]
     directory.mkdir(parents=True, exist_ok=True)
     existing = FeatureCache.open(directory, fingerprint)
     paths = dict(images)
-    have = set(existing.names) if existing else set()
-    todo = [n for n in dict.fromkeys(paths) if n not in have]
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # hashlib releases the GIL
+        digests = list(pool.map(content_digest, paths.values()))
+    keys = list(zip(paths, digests))
+    have = set(zip(existing.names, existing.digests)) if existing else set()
+    todo = [key for key in keys if key not in have]
     if existing and not todo:
-        return existing
-    names = list(existing.names if existing else ()) + todo
+        return existing.for_images(keys)
+    kept = list(zip(existing.names, existing.digests)) if existing else []
+    names = [n for n, _ in kept + todo]
     config = encoder.config
     shape = (len(names), config.num_regions, config.encoder_dim)
 
     partial_index = directory / (INDEX_FILE + PARTIAL)
     partial_data = directory / (DATA_FILE + PARTIAL)
-    index = {"fingerprint": fingerprint, "names": names, "shape": list(shape), "dtype": "float16"}
+    index = {
+        "version": INDEX_VERSION, "fingerprint": fingerprint, "names": names,
+        "digests": [d for _, d in kept + todo], "shape": list(shape), "dtype": "float16",
+    }  # fmt: skip
     filled = 0
     if partial_index.is_file() and partial_data.is_file():
         previous = json.loads(partial_index.read_text())
@@ -157,7 +193,7 @@ def build_feature_cache(
             filled = int(previous.get("filled", 0))  # resume an interrupted build
     mode = "r+" if filled else "w+"
     out = np.memmap(partial_data, dtype=np.float16, mode=mode, shape=shape)
-    if existing and filled < len(existing.names):
+    if existing and filled < len(existing.names):  # rows already computed: copied
         out[: len(existing.names)] = existing.features
         filled = len(existing.names)
         _write_index(partial_index, {**index, "filled": filled})
@@ -185,7 +221,7 @@ def build_feature_cache(
     cache = FeatureCache.open(directory, fingerprint)
     if cache is None:
         raise RuntimeError(f"feature cache {directory} did not verify after writing")
-    return cache
+    return cache.for_images(keys)
 
 
 def _write_index(path: Path, index: dict) -> None:

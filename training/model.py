@@ -332,6 +332,8 @@ def build_model(
 ) -> EncoderDecoder:
     """Build the model. pretrained=False gives a randomly initialised backbone
     (tests, or before loading a checkpoint that already holds the encoder)."""
+    if not config.vocab_size:
+        raise ValueError("ModelConfig.vocab_size is 0: set it from the tokenizer first")
     if pretrained:
         weights = Path(encoder_weights) if encoder_weights else None
         if config.encoder == "resnet50":

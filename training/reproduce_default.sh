@@ -17,6 +17,7 @@
 # Overrides for smoke runs: SCENES (count), EPOCHS (fit), DECODER_EPOCHS, WORKERS,
 # DEVICE (auto|cpu|cuda),
 # FIT_TIMEOUT (seconds; the fit step is stopped there, keeping its best.pt).
+# Re-running a step redoes it: fit and decoder pass --overwrite to their run folders.
 # Needs capbatch installed with the train and export extras (pip install -e '.[cpu,train,export]').
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +46,7 @@ if has_step fit; then
     --feature-taps 1,2,4 --position-features --colour-grid 4 --attention-weight 0.2
     --fine-tune-stages 8 --encoder-lr 1e-4 --lr 1e-3 --batch-size 128
     --epochs "$epochs" --patience 0 --val-images 0 --select-on semantic
-    --workers "$workers" --device "$device" --seed 0 --no-progress)
+    --workers "$workers" --device "$device" --seed 0 --no-progress --overwrite)
   if [ -n "${FIT_TIMEOUT:-}" ]; then
     # A stopped run keeps the best.pt/last.pt of its finished epochs.
     timeout "$FIT_TIMEOUT" "${fit[@]}" || [ $? -eq 124 ]
@@ -61,7 +62,7 @@ if has_step decoder; then
     --init-from "$work/finetune/best.pt" --fine-tune-stages 0 --attention-weight 0 \
     --lr 5e-4 --lr-schedule cosine --batch-size 128 --epochs "$decoder_epochs" --patience 0 \
     --val-images 0 --select-on semantic --workers "$workers" --device "$device" --seed 1 \
-    --no-progress
+    --no-progress --overwrite
 fi
 
 if has_step eval; then

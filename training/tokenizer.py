@@ -22,11 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capbatch.errors import UsageError
+from capbatch.vocab import VOCAB_STYLES, Vocab
+
+from .config import ModelConfig
 
 PAD, START, END, UNK = "[PAD]", "[START]", "[END]", "[UNK]"
 WORD_SPECIALS = (PAD, START, END, UNK)
 TOKENIZER_FILE = "tokenizer.json"
-DEFAULT_MAX_LEN = 30
+DEFAULT_MAX_LEN = ModelConfig.max_len  # the dataclass default, declared once there
 
 
 def word_level_json(vocab: Sequence[str], specials: Sequence[str]) -> str:
@@ -73,7 +76,7 @@ class CaptionTokenizer:
     """A `tokenizers.Tokenizer` plus its special ids and vocab style."""
 
     def __init__(self, backend, specials: SpecialIds, style: str):
-        if style not in ("word", "wordpiece"):
+        if style not in VOCAB_STYLES:
             raise ValueError(f"vocab style must be 'word' or 'wordpiece', got {style!r}")
         # A pretrained tokenizer may come configured to pad/truncate to a fixed
         # length; captions are padded by the batcher and truncated by caption_ids.
@@ -90,6 +93,7 @@ class CaptionTokenizer:
         self._id_to_token = [""] * (max(vocab.values()) + 1)
         for token, index in vocab.items():
             self._id_to_token[index] = token
+        self.vocab = Vocab(tuple(self._id_to_token), style, frozenset(self._special_set))
 
     @property
     def vocab_size(self) -> int:
@@ -105,19 +109,10 @@ class CaptionTokenizer:
         words = self.encode(text)[: max_len - 1]
         return [self.specials.start, *words, self.specials.end]
 
-    def decode(self, ids: list[int]) -> str:
-        """ids -> text by the bundle rule: spaces between tokens; in wordpiece style
-        a '##' token is glued to the previous one. Special tokens never appear."""
-        text = ""
-        for index in ids:
-            if index in self._special_set or not 0 <= index < len(self._id_to_token):
-                continue
-            token = self._id_to_token[index]
-            if self.style == "wordpiece" and token.startswith("##"):
-                text += token[2:]
-            else:
-                text += (" " if text else "") + token
-        return text
+    def decode(self, ids: Sequence[int]) -> str:
+        """ids -> text by the runtime's rule (capbatch.vocab.Vocab.decode), so training
+        metrics read captions exactly as `capbatch caption` writes them."""
+        return self.vocab.decode(ids)
 
     def id_to_token(self, index: int) -> str:
         return self._id_to_token[index]
@@ -218,3 +213,41 @@ def load_pretrained_tokenizer(directory: Path | str) -> CaptionTokenizer:
     # A copy: CaptionTokenizer switches padding/truncation off on its backend.
     backend = Tokenizer.from_str(hf.backend_tokenizer.to_str())
     return CaptionTokenizer(backend, specials, style)
+
+
+def trim_tokenizer(
+    tokenizer: CaptionTokenizer, captions: Sequence[str], min_frequency: int = 1
+) -> CaptionTokenizer:
+    """The same tokenizer with only the tokens the captions use (at least
+    min_frequency times) and its special tokens, renumbered densely in the old order.
+
+    Exact on the captions it was trimmed on: WordPiece takes the longest piece in
+    the vocabulary at each position, and every piece it took is kept. A word
+    whose pieces were dropped for rarity becomes the unknown token, as in a
+    trained word tokenizer. The decoder's embedding and output layers shrink
+    from the pretrained vocabulary (30,522 for BERT) to the captions' own.
+    """
+    data = json.loads(tokenizer.to_json())
+    model = data["model"]
+    if model.get("type") not in ("WordPiece", "WordLevel"):
+        raise UsageError(f"cannot trim a {model.get('type')} tokenizer (WordPiece or WordLevel)")
+    counts: dict[int, int] = {}
+    for text in captions:
+        for index in tokenizer.encode(text):
+            counts[index] = counts.get(index, 0) + 1
+    keep = {i for i, n in counts.items() if n >= min_frequency}
+    keep |= {added["id"] for added in data.get("added_tokens", [])}
+    keep |= {getattr(tokenizer.specials, k) for k in ("pad", "start", "end", "unk")}
+    new_id = {old: new for new, old in enumerate(sorted(keep))}
+    model["vocab"] = {t: new_id[i] for t, i in model["vocab"].items() if i in new_id}
+    for added in data.get("added_tokens", []):
+        added["id"] = new_id[added["id"]]
+    processor = data.get("post_processor") or {}
+    for special in (processor.get("special_tokens") or {}).values():
+        special["ids"] = [new_id[i] for i in special["ids"]]
+    if data.get("padding"):
+        data["padding"]["pad_id"] = new_id[data["padding"]["pad_id"]]
+    specials = SpecialIds(
+        **{k: new_id[getattr(tokenizer.specials, k)] for k in ("pad", "start", "end", "unk")}
+    )
+    return CaptionTokenizer.from_json(json.dumps(data), specials, tokenizer.style)
