@@ -31,6 +31,10 @@ Examples:
 
   capbatch caption photos/ --format txt --out photos.journal.jsonl   (sidecar .txt files)
 
+  capbatch caption photos/ --out - --format csv | head   (rows on stdout)
+
+  capbatch caption photos/ --out c.csv --dry-run   (check everything, write nothing)
+
 Exit codes: 0 every image captioned, 1 some images failed (error rows written),
 2 fatal (bad option, model or output), 3 interrupted (finished rows flushed).
 """
@@ -111,17 +115,33 @@ class _Progress:
             self._progress.stop()
 
 
-def _summary_line(summary) -> str:
+def _summary_lines(summary) -> list[str]:
+    from .stats import reason_lines
+
     parts = [f"{summary.ok} captioned", f"{summary.errors} failed"]
     if summary.skipped:
         parts.append(f"{summary.skipped} already done")
+    where = "stdout" if str(summary.out) == "-" else summary.out
     line = (
         f"{', '.join(parts)} in {summary.elapsed_s:.1f} s "
-        f"({summary.images_per_s:.1f} images/s) -> {summary.out}"
+        f"({summary.images_per_s:.1f} images/s) -> {where}"
     )
     if summary.interrupted:
-        return f"interrupted: {line}; rerun with --resume to continue"
-    return line
+        line = f"interrupted: {line}; rerun with --resume to continue"
+    lines = [line]
+    unlike = summary.flag_count("in_domain", False)
+    if unlike is not None:
+        lines.append(
+            f"{unlike} of {summary.flag_rows['in_domain']} images look unlike "
+            "the model's training data (in_domain=false)"
+        )
+    truncated = summary.flag_count("truncated")
+    if truncated:
+        lines.append(f"{truncated} captions truncated or repetitive (truncated=true)")
+    if summary.reasons:
+        lines.append("failed, by reason:")
+        lines.extend(reason_lines(summary.reasons))
+    return lines
 
 
 @app.command("caption", epilog=CAPTION_EXAMPLES, no_args_is_help=True)
@@ -196,6 +216,29 @@ def caption(
         typer.Option("--attention-dir", help="Write per-image attention heatmap PNGs here."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", min=1, help="Only the first N inputs (in input order)."),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Resolve the inputs, check the options and the model; write nothing.",
+        ),
+    ] = False,
+    stats_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--stats-json", help="Write the run's counts, error reasons and timing here (JSON)."
+        ),
+    ] = None,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            "--allow-empty", help="No images found is not an error (an empty output, exit 0)."
+        ),
+    ] = False,
     engine: Annotated[
         Engine,
         typer.Option("--engine", help="local: this process; ray: Ray Data (docs/scale-out.md)."),
@@ -212,6 +255,7 @@ def caption(
     """Caption images from files, folders and archives into CSV, JSONL, Parquet or sidecars."""
     from .captioner import CaptionerArgs
     from .job import RunOptions, check_engine_options
+    from .preflight import preflight
 
     # Pillow warns about corrupt EXIF/TIFF tags and large images from the decode
     # threads. Decoding already enforces its own pixel limit and turns real failures
@@ -232,12 +276,16 @@ def caption(
             retry_errors=retry_errors,
             overwrite_sidecars=overwrite_sidecars,
             attention_dir=attention_dir,
+            limit=limit,
+            allow_empty=allow_empty,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     cli_flags = {"--threads": threads, "--ray-address": ray_address, "--actors": actors}
     given = [flag for flag, value in cli_flags.items() if value is not None]
     check_engine_options(engine.value, options.engine_flags() + given)
+    # Everything about options, output and inputs, before the model loads.
+    preflight(options, engine)
     if engine is Engine.ray:
         from .engines.ray_options import import_ray
 
@@ -253,10 +301,25 @@ def caption(
         return_attention=attention_dir is not None,
         intra_op_threads=threads,
     )
+    _model_notice(args.model)
+    if dry_run:
+        _dry_run(options, args)
+        return
     if engine is Engine.ray:
         summary = _caption_on_ray(options, args, quiet, address=ray_address, actors=actors)
     else:
         summary = _caption_locally(options, args, quiet)
+    _finish(summary, quiet, stats_json)
+
+
+def _finish(summary, quiet: bool, stats_json: Path | None) -> None:
+    """Stats file, summary lines, exit code."""
+    import time
+
+    if stats_json is not None:
+        from .stats import stats_record, write_stats
+
+        write_stats(stats_json, stats_record(summary, summary.exit_code, time.time()))
     if not quiet:
         if getattr(summary, "failed_shards", None):
             shown = ", ".join(str(i) for i in summary.failed_shards[:10])
@@ -264,9 +327,45 @@ def caption(
                 f"capbatch: {len(summary.failed_shards)} shard(s) failed after retries "
                 f"({shown}); rerun with --resume to retry them"
             )
-        _echo(_summary_line(summary))
+        for line in _summary_lines(summary):
+            _echo(line)
     if summary.exit_code != ExitCode.OK:
         raise typer.Exit(int(summary.exit_code))
+
+
+def _model_notice(model: str | None) -> None:
+    """The model card's one-line notice (the built-in model: what it knows), on stderr
+    whatever --quiet says: a nightly job's log is where it must show."""
+    from .bundle import resolve_bundle_dir
+    from .manifest import read_manifest
+
+    notice = read_manifest(resolve_bundle_dir(model)).model_card.get("notice")
+    if notice:
+        _echo(f"capbatch: note: {notice}")
+
+
+def _dry_run(options, args) -> None:
+    """--dry-run: what the run would do, on stdout; the model loaded once to check it."""
+    from .captioner import Captioner
+    from .output import open_output
+    from .preflight import dry_run
+
+    output = open_output(options.out, options.fmt)
+    plan = dry_run(options, output)
+    captioner = Captioner.from_args(
+        args, warn=lambda message: _echo(f"capbatch: warning: {message}")
+    )
+    todo = plan.inputs - plan.already_done
+    typer.echo(
+        f"dry run: {plan.inputs} input(s) found, {plan.already_done} already done, "
+        f"{todo} to caption -> {'stdout' if str(options.out) == '-' else options.out} "
+        f"({output.fmt}); nothing written"
+    )
+    for key in plan.first_keys:
+        typer.echo(f"  {key}")
+    if plan.inputs > len(plan.first_keys):
+        typer.echo(f"  ... and {plan.inputs - len(plan.first_keys)} more")
+    typer.echo(f"model {captioner.model_id} ok on {', '.join(captioner.providers)}")
 
 
 def _caption_locally(options, args, quiet: bool):
@@ -359,6 +458,17 @@ def info(
         typer.echo(f"validation   {_inline(manifest['validation'])}")
     if manifest.get("tools"):
         typer.echo(f"tools        {_inline(manifest['tools'])}")
+    _echo_model_card(manifest.get("model_card") or {})
+
+
+def _echo_model_card(card: dict) -> None:
+    """The card the bundle carries (what the model knows), one field per line."""
+    if not card:
+        typer.echo("model card   - (none in this bundle: ask whoever trained it what it knows)")
+        return
+    typer.echo("model card")
+    for key, value in card.items():
+        typer.echo(f"  {key.replace('_', ' '):<14} {value}")
 
 
 def _inline(mapping: dict) -> str:
