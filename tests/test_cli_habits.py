@@ -220,3 +220,17 @@ def test_a_bundle_without_a_card_prints_no_notice(capsys, bundle, photos, tmp_pa
     assert code == ExitCode.OK and "capbatch: note:" not in err
     code, out, _ = run_cli(capsys, "info", "--model", bundle)
     assert "model card   - (none in this bundle" in out
+
+
+def test_summary_lines_say_how_many_rows_are_flagged(tmp_path):
+    """What the lead's per-row flags will print once rows carry them."""
+    from capbatch.caption_cli import _summary_lines
+    from capbatch.job import RunSummary
+
+    summary = RunSummary(out=tmp_path / "o.csv", fmt="csv", ok=20)
+    summary.flag_rows.update(in_domain=20, truncated=20)
+    summary.flags.update(in_domain=6, truncated=2)
+    lines = _summary_lines(summary)
+    assert "14 of 20 images look unlike the model's training data (in_domain=false)" in lines
+    assert "2 captions truncated or repetitive (truncated=true)" in lines
+    assert not any("unlike" in line for line in _summary_lines(RunSummary(tmp_path, "csv")))
