@@ -31,7 +31,7 @@ def _root(
 
 def _register_commands() -> None:
     # Imported here so each command module can import `app` without a cycle.
-    from . import caption_cli, export_cli, report_cli  # noqa: F401
+    from . import caption_cli, export_cli, info_cli, report_cli  # noqa: F401
 
 
 def flags_as_flags(command) -> None:
