@@ -1,8 +1,9 @@
 """Docs are code: every ```python block in README.md and docs/*.md runs here, and
 so do the ```bash blocks marked to run, so an example cannot drift from the API.
 
-The examples run in a scratch directory holding `samples/` (a copy of the
-repository's) after the README's Quickstart has run there (`captions.csv`).
+The python examples run in a scratch directory holding `samples/` (a copy of
+the repository's) after the README's Quickstart has run there (`captions.csv`);
+each marked bash block runs in a fresh one holding `samples/`.
 Markers, on the line just above a fence:
 
     <!-- docs-test: skip (why) -->   never run this block (say why)
@@ -133,5 +134,8 @@ LATER_SHELL = [b for b in SHELL if b.doc.name != "README.md"]  # the Quickstart 
 
 
 @pytest.mark.parametrize("block", LATER_SHELL, ids=[b.id for b in LATER_SHELL])
-def test_marked_shell_block_runs(block, workspace):
-    run_shell_block(block, workspace)
+def test_marked_shell_block_runs(block, tmp_path):
+    """Each in a fresh directory with samples/: a block's outputs must not collide
+    with the Quickstart's (the refusal to overwrite is itself documented)."""
+    shutil.copytree(REPO / "samples", tmp_path / "samples")
+    run_shell_block(block, tmp_path)
