@@ -386,9 +386,11 @@ def _caption_locally(options, args, quiet: bool):
                 daemon=True,
             )
             counter.start()
-        return run_captioning(
+        summary = run_captioning(
             captioner, options, stop=stop, on_progress=progress.update, on_start=progress.start
         )
+    summary.model_id = summary.model_id or captioner.model_id  # also when no row was new
+    return summary
 
 
 def _capped(total: int | None, limit: int | None) -> int | None:
