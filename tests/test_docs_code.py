@@ -1,9 +1,9 @@
 """Docs are code: every ```python block in README.md and docs/*.md runs here, and
 so do the ```bash blocks marked to run, so an example cannot drift from the API.
 
-The python examples run in a scratch directory holding `samples/` (a copy of
-the repository's) after the README's Quickstart has run there (`captions.csv`);
-each marked bash block runs in a fresh one holding `samples/`.
+Each python example runs in its own copy of a directory holding `samples/` (the
+repository's) where the README's Quickstart has run (`captions.csv`); each
+marked bash block runs in a fresh directory holding `samples/`.
 Markers, on the line just above a fence:
 
     <!-- docs-test: skip (why) -->   never run this block (say why)
@@ -120,12 +120,14 @@ def test_quickstart_output_shown_in_the_readme_is_what_the_run_writes(workspace)
 
 
 @pytest.mark.parametrize("block", PYTHON, ids=[b.id for b in PYTHON])
-def test_python_block_runs(block, workspace, monkeypatch, capsys):
+def test_python_block_runs(block, workspace, tmp_path, monkeypatch, capsys):
     if block.marker == "skip":
         pytest.skip(block.why)
     if "capbatch.training" in block.code:
         pytest.importorskip("torch")
-    monkeypatch.chdir(workspace)
+    here = tmp_path / "docs"
+    shutil.copytree(workspace, here)  # a copy: one example's files never reach another's
+    monkeypatch.chdir(here)
     code = compile(block.code, str(block.doc), "exec")
     exec(code, {"__name__": "__docs__"})  # noqa: S102 - running the docs is the point
 
