@@ -1,5 +1,6 @@
-"""`capbatch caption` and `capbatch info`: thin Typer layers over the caption job
-(capbatch.job) and its engines (capbatch.engines)."""
+"""`capbatch caption`: a thin Typer layer over the checks before the model
+(capbatch.preflight), the caption job (capbatch.job) and its engines
+(capbatch.engines)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from typing import Annotated
 
 import typer
 
-from . import __version__
 from .cli import app
 from .errors import ExitCode, UsageError
 from .job import Engine
@@ -30,6 +30,10 @@ Examples:
   capbatch caption photos/ --out captions.csv --resume --retry-errors
 
   capbatch caption photos/ --format txt --out photos.journal.jsonl   (sidecar .txt files)
+
+  capbatch caption photos/ --out - --format csv | head   (rows on stdout)
+
+  capbatch caption photos/ --out c.csv --dry-run   (check everything, write nothing)
 
 Exit codes: 0 every image captioned, 1 some images failed (error rows written),
 2 fatal (bad option, model or output), 3 interrupted (finished rows flushed).
@@ -111,37 +115,37 @@ class _Progress:
             self._progress.stop()
 
 
-def _summary_line(summary) -> str:
+def _summary_lines(summary) -> list[str]:
+    from .stats import reason_lines
+
     parts = [f"{summary.ok} captioned", f"{summary.errors} failed"]
     if summary.skipped:
         parts.append(f"{summary.skipped} already done")
+    where = "stdout" if str(summary.out) == "-" else summary.out
     line = (
         f"{', '.join(parts)} in {summary.elapsed_s:.1f} s "
-        f"({summary.images_per_s:.1f} images/s) -> {summary.out}"
+        f"({summary.images_per_s:.1f} images/s) -> {where}"
     )
     if summary.interrupted:
-        return f"interrupted: {line}; rerun with --resume to continue"
-    return line
-
-
-def _trust_lines(summary) -> list[str]:
-    """Warnings about ok rows a user should not take at face value (docs/runtime.md)."""
-    lines = []
-    if summary.out_of_domain:
+        line = f"interrupted: {line}; rerun with --resume to continue"
+    lines = [line]
+    unlike = summary.flag_count("in_domain", False)
+    if unlike is not None:
         lines.append(
-            f"capbatch: warning: {summary.out_of_domain} of {summary.ok} images look unlike "
-            "the model's training data (in_domain=false): their captions are likely wrong"
+            f"{unlike} of {summary.flag_rows['in_domain']} images look unlike "
+            "the model's training data (in_domain=false)"
         )
-    if summary.truncated:
+    truncated = summary.flag_count("truncated")
+    if truncated:
         lines.append(
-            f"capbatch: warning: {summary.truncated} caption(s) stopped at the length limit "
-            "without an end (truncated=true)"
+            f"{truncated} caption(s) stopped at the length limit without an end (truncated=true)"
         )
-    if summary.repeated:
-        lines.append(
-            f"capbatch: warning: {summary.repeated} caption(s) repeat a word or phrase "
-            "back to back (repeated=true)"
-        )
+    repeated = summary.flag_count("repeated")
+    if repeated:
+        lines.append(f"{repeated} caption(s) repeat a word or phrase back to back (repeated=true)")
+    if summary.reasons:
+        lines.append("failed, by reason:")
+        lines.extend(reason_lines(summary.reasons))
     return lines
 
 
@@ -217,6 +221,29 @@ def caption(
         typer.Option("--attention-dir", help="Write per-image attention heatmap PNGs here."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", min=1, help="Only the first N inputs (in input order)."),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Resolve the inputs, check the options and the model; write nothing.",
+        ),
+    ] = False,
+    stats_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--stats-json", help="Write the run's counts, error reasons and timing here (JSON)."
+        ),
+    ] = None,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            "--allow-empty", help="No images found is not an error (an empty output, exit 0)."
+        ),
+    ] = False,
     engine: Annotated[
         Engine,
         typer.Option("--engine", help="local: this process; ray: Ray Data (docs/scale-out.md)."),
@@ -233,6 +260,7 @@ def caption(
     """Caption images from files, folders and archives into CSV, JSONL, Parquet or sidecars."""
     from .captioner import CaptionerArgs
     from .job import RunOptions, check_engine_options
+    from .preflight import preflight
 
     # Pillow warns about corrupt EXIF/TIFF tags and large images from the decode
     # threads. Decoding already enforces its own pixel limit and turns real failures
@@ -253,12 +281,16 @@ def caption(
             retry_errors=retry_errors,
             overwrite_sidecars=overwrite_sidecars,
             attention_dir=attention_dir,
+            limit=limit,
+            allow_empty=allow_empty,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     cli_flags = {"--threads": threads, "--ray-address": ray_address, "--actors": actors}
     given = [flag for flag, value in cli_flags.items() if value is not None]
     check_engine_options(engine.value, options.engine_flags() + given)
+    # Everything about options, output and inputs, before the model loads.
+    preflight(options, engine)
     if engine is Engine.ray:
         from .engines.ray_options import import_ray
 
@@ -274,10 +306,25 @@ def caption(
         return_attention=attention_dir is not None,
         intra_op_threads=threads,
     )
+    _model_notice(args.model)
+    if dry_run:
+        _dry_run(options, args)
+        return
     if engine is Engine.ray:
         summary = _caption_on_ray(options, args, quiet, address=ray_address, actors=actors)
     else:
         summary = _caption_locally(options, args, quiet)
+    _finish(summary, quiet, stats_json)
+
+
+def _finish(summary, quiet: bool, stats_json: Path | None) -> None:
+    """Stats file, summary lines, exit code."""
+    import time
+
+    if stats_json is not None:
+        from .stats import stats_record, write_stats
+
+        write_stats(stats_json, stats_record(summary, summary.exit_code, time.time()))
     if not quiet:
         if getattr(summary, "failed_shards", None):
             shown = ", ".join(str(i) for i in summary.failed_shards[:10])
@@ -285,11 +332,45 @@ def caption(
                 f"capbatch: {len(summary.failed_shards)} shard(s) failed after retries "
                 f"({shown}); rerun with --resume to retry them"
             )
-        _echo(_summary_line(summary))
-        for line in _trust_lines(summary):
+        for line in _summary_lines(summary):
             _echo(line)
     if summary.exit_code != ExitCode.OK:
         raise typer.Exit(int(summary.exit_code))
+
+
+def _model_notice(model: str | None) -> None:
+    """The model card's one-line notice (the built-in model: what it knows), on stderr
+    whatever --quiet says: a nightly job's log is where it must show."""
+    from .bundle import resolve_bundle_dir
+    from .manifest import read_manifest
+
+    notice = read_manifest(resolve_bundle_dir(model)).model_card.get("notice")
+    if notice:
+        _echo(f"capbatch: note: {notice}")
+
+
+def _dry_run(options, args) -> None:
+    """--dry-run: what the run would do, on stdout; the model loaded once to check it."""
+    from .captioner import Captioner
+    from .output import open_output
+    from .preflight import dry_run
+
+    output = open_output(options.out, options.fmt)
+    plan = dry_run(options, output)
+    captioner = Captioner.from_args(
+        args, warn=lambda message: _echo(f"capbatch: warning: {message}")
+    )
+    todo = plan.inputs - plan.already_done
+    typer.echo(
+        f"dry run: {plan.inputs} input(s) found, {plan.already_done} already done, "
+        f"{todo} to caption -> {'stdout' if str(options.out) == '-' else options.out} "
+        f"({output.fmt}); nothing written"
+    )
+    for key in plan.first_keys:
+        typer.echo(f"  {key}")
+    if plan.inputs > len(plan.first_keys):
+        typer.echo(f"  ... and {plan.inputs - len(plan.first_keys)} more")
+    typer.echo(f"model {captioner.model_id} ok on {', '.join(captioner.providers)}")
 
 
 def _caption_locally(options, args, quiet: bool):
@@ -306,12 +387,19 @@ def _caption_locally(options, args, quiet: bool):
     with stop_on_signals(stop), _Progress(quiet) as progress:
         if not quiet:
             counter = threading.Thread(
-                target=lambda: progress.set_total(estimate_total(options)), daemon=True
+                target=lambda: progress.set_total(_capped(estimate_total(options), options.limit)),
+                daemon=True,
             )
             counter.start()
-        return run_captioning(
+        summary = run_captioning(
             captioner, options, stop=stop, on_progress=progress.update, on_start=progress.start
         )
+    summary.model_id = summary.model_id or captioner.model_id  # also when no row was new
+    return summary
+
+
+def _capped(total: int | None, limit: int | None) -> int | None:
+    return total if total is None or limit is None else min(total, limit)
 
 
 def _caption_on_ray(options, args, quiet: bool, *, address, actors):
@@ -336,53 +424,3 @@ def _caption_on_ray(options, args, quiet: bool, *, address, actors):
             on_progress=progress.update,
             on_start=progress.start,
         )
-
-
-@app.command("info")
-def info(
-    model: Annotated[
-        Path | None, typer.Option("--model", help="Model bundle directory (default: built-in).")
-    ] = None,
-) -> None:
-    """Print versions, available execution providers and the model's manifest."""
-    import platform
-
-    import numpy
-    import PIL
-
-    from .bundle import import_onnxruntime, resolve_bundle_dir
-    from .errors import BundleError
-    from .manifest import verify_bundle
-
-    ort = import_onnxruntime()
-    typer.echo(f"capbatch     {__version__}")
-    typer.echo(f"python       {platform.python_version()}")
-    typer.echo(f"onnxruntime  {ort.__version__}")
-    typer.echo(f"numpy        {numpy.__version__}")
-    typer.echo(f"pillow       {PIL.__version__}")
-    typer.echo(f"providers    {', '.join(ort.get_available_providers())}")
-    try:
-        bundle_dir = resolve_bundle_dir(model)
-    except BundleError as exc:
-        if model is not None:
-            raise
-        typer.echo(f"model        {exc}")
-        return
-    manifest = verify_bundle(bundle_dir)
-    typer.echo(f"model        {manifest.get('model_id', 'unknown')} ({bundle_dir})")
-    typer.echo("verified     sha256 of every file ok")
-    typer.echo(f"variant      {manifest.get('variant', 'fp32')}")
-    typer.echo(f"format       {manifest.get('format')} v{manifest.get('format_version')}")
-    typer.echo(f"preprocess   {_inline(manifest.get('preprocess', {}))}")
-    typer.echo(f"max_len      {manifest.get('max_len')}")
-    typer.echo(f"vocab        {_inline(manifest.get('vocab', {}))}")
-    typer.echo(f"config       {_inline(manifest.get('config', {}))}")
-    typer.echo(f"metrics      {_inline(manifest.get('metrics', {})) or '-'}")
-    if manifest.get("validation"):
-        typer.echo(f"validation   {_inline(manifest['validation'])}")
-    if manifest.get("tools"):
-        typer.echo(f"tools        {_inline(manifest['tools'])}")
-
-
-def _inline(mapping: dict) -> str:
-    return ", ".join(f"{key}={value}" for key, value in mapping.items())

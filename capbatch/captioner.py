@@ -1,11 +1,12 @@
-"""The Python API: `Captioner(model=None, device="auto").caption(items)`.
+"""The Python API: `Captioner(model=None, device="auto")(items)`.
 
 The CLI and the pipeline are thin layers over this class. A failing item
 never raises: it becomes a CaptionResult with status "error" and a reason.
 
-    from capbatch.captioner import Captioner
-    captioner = Captioner("models/scenes", beam_size=3)
-    for result in captioner.caption(["a.jpg", "b.png"]):
+    from capbatch import Captioner
+    captioner = Captioner(beam_size=3)           # model=None: the built-in bundle
+    print(captioner("a.jpg").caption)            # one item -> one result
+    for result in captioner(["a.jpg", "b.png"]):  # a list -> a list
         print(result.caption, result.score)
 """
 
@@ -28,6 +29,7 @@ from .providers import parse_device
 from .rows import ERROR, OK
 
 ImageItem = str | Path | bytes | Image.Image | np.ndarray
+_SINGLE_ITEMS = (str, Path, bytes, bytearray, memoryview, Image.Image, np.ndarray)
 
 
 @dataclass(frozen=True)
@@ -181,9 +183,22 @@ class Captioner:
     def providers(self) -> list[str]:
         return self.bundle.providers
 
+    @property
+    def model_card(self):
+        """What the bundle says its model knows ({} when it carries no card)."""
+        return self.bundle.manifest.model_card
+
+    def __call__(
+        self, items: ImageItem | Iterable[ImageItem]
+    ) -> CaptionResult | list[CaptionResult]:
+        """One item (path, bytes, PIL image, array) -> its result; several -> a list."""
+        if isinstance(items, _SINGLE_ITEMS):
+            return self.caption([items])[0]
+        return self.caption(items)
+
     def caption(self, items: ImageItem | Iterable[ImageItem]) -> list[CaptionResult]:
         """Caption paths, bytes, PIL images or uint8 arrays; one result per item, in order."""
-        if isinstance(items, (str, Path, bytes, Image.Image, np.ndarray)):
+        if isinstance(items, _SINGLE_ITEMS):
             items = [items]
         results: list[CaptionResult] = []
         pending: list[tuple[int, DecodedImage]] = []

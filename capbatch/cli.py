@@ -31,7 +31,27 @@ def _root(
 
 def _register_commands() -> None:
     # Imported here so each command module can import `app` without a cycle.
-    from . import caption_cli, export_cli, report_cli  # noqa: F401
+    from . import caption_cli, export_cli, info_cli, report_cli  # noqa: F401
+
+
+def flags_as_flags(command) -> None:
+    """Show boolean flags as flags in --help: this Typer prints a "<bool>" type beside
+    every flag (even --help), which reads as if "--quiet true" were the spelling.
+    Parsing is unchanged: a flag takes no value."""
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    make_help = command.get_help_option
+
+    def help_option(ctx):
+        option = make_help(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        flags_as_flags(sub)
 
 
 def run_app(
@@ -48,7 +68,9 @@ def run_app(
     debug = "--debug" in args
     try:
         # Non-standalone click returns a command's typer.Exit code instead of raising it.
-        result = typer_app(args=args, prog_name=prog, standalone_mode=False)
+        command = typer.main.get_command(typer_app)
+        flags_as_flags(command)
+        result = command.main(args=args, prog_name=prog, standalone_mode=False)
     except CapbatchError as exc:
         if debug:
             traceback.print_exc()

@@ -10,10 +10,12 @@ written with `RunSummary.count`.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -27,6 +29,8 @@ from .output import Output
 from .preprocess import PreprocessSpec
 from .providers import cpu_thread_count
 from .rows import OK, Row
+from .sources import SourceItem, iter_sources
+from .stats import FLAG_FIELDS, reason_group
 
 
 class Engine(str, Enum):
@@ -41,6 +45,8 @@ ENGINE_ONLY: dict[str, tuple[Engine, str]] = {
     "--threads": (Engine.local, "Ray actors use one CPU each"),
     "--attention-dir": (Engine.local, "Ray actors return rows only"),
     "--format txt": (Engine.local, "--engine ray writes csv, jsonl or parquet, not sidecars"),
+    "--out -": (Engine.local, "Ray writes shard files and merges them"),
+    "--limit": (Engine.local, "Ray reads its inputs on the workers, shard by shard"),
     "--ray-address": (Engine.ray, ""),
     "--actors": (Engine.ray, ""),
 }
@@ -74,6 +80,8 @@ class RunOptions:
     retry_errors: bool = False  # resume, and redo keys whose row is an error
     overwrite_sidecars: bool = False  # --format txt: replace existing .txt sidecars
     attention_dir: Path | None = None  # local engine
+    limit: int | None = None  # only the first N inputs (local engine)
+    allow_empty: bool = False  # no inputs found is a normal, empty run (else UsageError)
 
     def __post_init__(self) -> None:
         if self.resume and self.overwrite:
@@ -84,6 +92,8 @@ class RunOptions:
             raise ValueError("no inputs: give files, folders or archives, or --from-list FILE")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise ValueError(f"workers must be an integer >= 1, got {self.workers!r}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"limit must be an integer >= 1, got {self.limit!r}")
 
     @property
     def resuming(self) -> bool:
@@ -99,6 +109,8 @@ class RunOptions:
             "--workers": self.workers is not None,
             "--attention-dir": self.attention_dir is not None,
             "--format txt": (self.fmt or "").lower() == "txt",
+            "--out -": str(self.out) == "-",
+            "--limit": self.limit is not None,
         }
         return [flag for flag, present in given.items() if present]
 
@@ -112,21 +124,40 @@ class RunSummary:
     skipped: int = 0  # already done in the output (resume)
     interrupted: bool = False
     elapsed_s: float = 0.0
-    # Trust signals of the ok rows (rows.py): how many a user should look at twice.
-    out_of_domain: int = 0
-    truncated: int = 0
-    repeated: int = 0
     started: float = field(default_factory=time.monotonic, repr=False)
+    started_at: float = field(default_factory=time.time, repr=False)  # wall clock, for stats
+    model_id: str | None = None  # from the rows written
+    reasons: Counter = field(default_factory=Counter)  # error reason (numbers as #) -> rows
+    # Per-row flags (capbatch.stats.FLAG_FIELDS): rows where the flag is true, and rows
+    # that carry it at all (a field no row has is unknown, not zero).
+    flags: Counter = field(default_factory=Counter)
+    flag_rows: Counter = field(default_factory=Counter)
 
     def count(self, written: Sequence[Row]) -> None:
         """Add rows as the output wrote them (a refused sidecar is an error)."""
-        ok = [row for row in written if row.status == OK]
-        self.ok += len(ok)
-        self.errors += len(written) - len(ok)
-        self.out_of_domain += sum(row.in_domain is False for row in ok)
-        self.truncated += sum(bool(row.truncated) for row in ok)
-        self.repeated += sum(bool(row.repeated) for row in ok)
+        for row in written:
+            if row.status == OK:
+                self.ok += 1
+            else:
+                self.errors += 1
+                self.reasons[reason_group(row.error)] += 1
+            self.model_id = self.model_id or row.model_id
+            self._count_flags(row)
         self.tick()
+
+    def _count_flags(self, row: Row) -> None:
+        for name in FLAG_FIELDS:
+            value = getattr(row, name, None)
+            if value is None:
+                continue
+            self.flag_rows[name] += 1
+            self.flags[name] += bool(value)
+
+    def flag_count(self, name: str, value: bool = True) -> int | None:
+        """Rows whose `name` is `value`; None when no row carried the field."""
+        if not self.flag_rows[name]:
+            return None
+        return self.flags[name] if value else self.flag_rows[name] - self.flags[name]
 
     def tick(self) -> None:
         self.elapsed_s = time.monotonic() - self.started
@@ -177,6 +208,42 @@ def resume_output(output: Output, options: RunOptions) -> dict[str, str]:
     if retried:
         output.drop(retried)
     return kept
+
+
+# -- the inputs: one iterator for the local engine and --dry-run -----------------------
+
+
+def job_sources(options: RunOptions) -> Iterator[SourceItem]:
+    """The job's inputs in order: at most options.limit of them, and a UsageError
+    ("no images found under ...") when there are none, unless options.allow_empty.
+
+    The CLI checks for an empty input before the model loads (capbatch.preflight);
+    this check covers what it cannot peek at without consuming it (stdin lists)."""
+    items = iter_sources(
+        list(options.inputs),
+        recursive=options.recursive,
+        glob=options.glob,
+        from_list=options.from_list,
+    )
+    if options.limit is not None:
+        items = itertools.islice(items, options.limit)
+    found = False
+    for item in items:
+        found = True
+        yield item
+    if not found and not options.allow_empty:
+        raise no_inputs_error(options)
+
+
+def no_inputs_error(options: RunOptions) -> UsageError:
+    where = [str(raw) for raw in options.inputs]
+    if options.from_list is not None:
+        where.append("stdin" if options.from_list == "-" else f"the list {options.from_list}")
+    matching = f" matching --glob {options.glob!r}" if options.glob else ""
+    return UsageError(
+        f"no images found under {', '.join(where)}{matching} "
+        "(pass --allow-empty if an empty input is expected)"
+    )
 
 
 # -- rows for keyed items ---------------------------------------------------------------
@@ -295,6 +362,8 @@ __all__ = [
     "check_engine_options",
     "existing_output_error",
     "infer",
+    "job_sources",
+    "no_inputs_error",
     "keys_to_keep",
     "resume_output",
     "row_for",

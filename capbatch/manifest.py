@@ -40,7 +40,8 @@ MAX_MANIFEST_BYTES = 4 << 20
 # Real manifests nest 4 levels; a cap keeps printing and walking them off the recursion limit.
 MAX_NESTING = 32
 # Keys shown by `capbatch info` as key=value lists: objects when present.
-DISPLAY_OBJECTS = ("config", "metrics", "tools", "validation")
+# "model_card" (optional): what the model knows, for people (docs/bundle-format.md).
+DISPLAY_OBJECTS = ("config", "metrics", "tools", "validation", "model_card")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -103,6 +104,11 @@ class Manifest:
     @property
     def graphs(self) -> tuple[GraphEntry, GraphEntry]:
         return (self.encoder, self.decoder_step)
+
+    @property
+    def model_card(self) -> Mapping[str, Any]:
+        """The optional model card ({} when the bundle has none); "notice" is a string."""
+        return self.raw.get("model_card") or {}
 
 
 # --------------------------------------------------------------------------- schema
@@ -267,6 +273,9 @@ def parse_manifest(raw: Any) -> Manifest:
     for key in DISPLAY_OBJECTS:
         if raw.get(key) is not None:
             _object(raw[key], key)
+    notice = (raw.get("model_card") or {}).get("notice")
+    if notice is not None:
+        _string(notice, "model_card.notice")
     files = _files(_required(raw, "files", "manifest"))
     graphs = _object(_required(raw, "graphs", "manifest"), "graphs")
     variant = raw.get("variant", "fp32")

@@ -145,6 +145,41 @@ def test_captioner_imports_no_torch(fake_bundle, tmp_path):
     assert done.stdout.startswith("OK")
 
 
+def test_from_capbatch_import_captioner_is_lazy_and_callable(tmp_path):
+    """The field's one-liner: `import capbatch` stays cheap; Captioner() is the built-in
+    model; one item gives one result, a list a list."""
+    sample = REPO / "samples" / "scene_000451.jpg"
+    done = run_without_torch(
+        tmp_path,
+        f"""
+        import sys
+        import capbatch
+        heavy = [m for m in ("numpy", "onnxruntime", "PIL", "typer") if m in sys.modules]
+        assert not heavy, heavy
+        from capbatch import Captioner, CaptionResult
+        captioner = Captioner(device="cpu")
+        one = captioner({str(sample)!r})
+        assert isinstance(one, CaptionResult) and one.ok, one
+        many = captioner([{str(sample)!r}, b"junk"])
+        assert [r.status for r in many] == ["ok", "error"] and many[0].caption == one.caption
+        assert "generated scenes" in captioner.model_card["domain"]
+        assert "torch" not in sys.modules
+        print("OK", one.caption)
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "OK three green hexagons"
+
+
+def test_call_on_one_array_or_bytes_is_one_result(fake_bundle):
+    captioner = Captioner(fake_bundle, device="cpu")
+    image = _images(1)[0]
+    assert isinstance(captioner(image), CaptionResult)
+    assert isinstance(captioner(bytearray(b"junk")), CaptionResult)
+    assert len(captioner(_images(3))) == 3
+    assert captioner.model_card == {}  # the fake bundle carries no card
+
+
 # --------------------------------------------------------------------------- vs PyTorch
 
 

@@ -270,7 +270,8 @@ def test_fatal_error_before_any_row_leaves_no_output(capsys, bundle, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     for _ in range(2):  # a header-only CSV from a run over nothing does not block a rerun
-        code, _, _ = run_cli(capsys, "caption", empty, "--out", out, "--model", bundle, "-q")
+        args = ("caption", empty, "--out", out, "--model", bundle, "-q", "--allow-empty")
+        code, _, _ = run_cli(capsys, *args)
         assert code == ExitCode.OK
 
 

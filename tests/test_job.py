@@ -93,3 +93,37 @@ def test_resume_output_is_per_key(tmp_path, fmt):
     assert resume_output(open_output(out), retry) == {"a": "ok"}
     assert open_output(out).done() == {"a": "ok"}  # the error row was dropped
     assert resume_output(open_output(out), RunOptions(inputs=("x",), overwrite=True)) == {}
+
+
+def test_summary_counts_reasons_and_the_flags_rows_carry(tmp_path):
+    """The per-row flags (in_domain, truncated) are counted as soon as rows carry them;
+    until then they stay unknown (None) in the summary and --stats-json."""
+    from dataclasses import dataclass
+
+    from capbatch.job import RunSummary
+    from capbatch.stats import stats_record
+
+    def row(key, status="ok", error=None):
+        return Row(key, None, "c" if status == "ok" else None, -0.1, status, error, 1, 1, "m")
+
+    @dataclass(frozen=True)
+    class FlaggedRow(Row):
+        in_domain: bool | None = None
+        truncated: bool | None = None
+
+    plain = RunSummary(out=tmp_path / "o.csv", fmt="csv")
+    plain.count([row("a"), row("b", "error", "image is 9x9 pixels"), row("c", "error", "image is 7x7 pixels")])
+    assert (plain.ok, plain.errors) == (1, 2)
+    assert plain.reasons == {"image is #x# pixels": 2}
+    assert plain.flag_count("in_domain") is None and plain.flag_count("truncated") is None
+
+    flagged = RunSummary(out=tmp_path / "o.csv", fmt="csv")
+    base = row("x")
+    flagged.count([
+        FlaggedRow(**{**base.__dict__, "key": "x", "in_domain": True, "truncated": False}),
+        FlaggedRow(**{**base.__dict__, "key": "y", "in_domain": False, "truncated": True}),
+        FlaggedRow(**{**base.__dict__, "key": "z", "in_domain": False, "truncated": False}),
+    ])  # fmt: skip
+    stats = stats_record(flagged, 0, flagged.started_at + 1)
+    assert (stats["in_domain"], stats["out_of_domain"], stats["truncated"]) == (1, 2, 1)
+    assert stats["model_id"] == "m" and stats["status"] == {"ok": 3, "error": 0}

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from capbatch import job
 from capbatch.captioner import Captioner
-from capbatch.engines import local
 from capbatch.engines.local import estimate_total, run_captioning
 from capbatch.errors import ExitCode, OutputError, UsageError
 from capbatch.job import RunOptions, keys_to_keep, stop_on_signals
@@ -82,7 +82,7 @@ def test_in_flight_items_are_bounded(captioner, tmp_path, monkeypatch):
             pulled.append(i)
             yield SourceItem(f"k{i:03d}", None, data, None)
 
-    monkeypatch.setattr(local, "iter_sources", endless_like)
+    monkeypatch.setattr(job, "iter_sources", endless_like)  # job_sources reads it
     written = []
 
     def on_progress(summary):

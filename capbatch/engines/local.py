@@ -27,11 +27,11 @@ from ..job import (
     RunSummary,
     caption_batch,
     decode_or_reason,
+    job_sources,
     resume_output,
 )
 from ..output import Output, open_output
-from ..output_lock import OutputLock
-from ..sources import IMAGE_EXTENSIONS, SourceItem, archive_kind, iter_sources
+from ..sources import IMAGE_EXTENSIONS, SourceItem, archive_kind
 
 
 @dataclass
@@ -102,14 +102,9 @@ def run_captioning(
     stop = stop or threading.Event()
     output = open_output(options.out, options.fmt, overwrite_sidecars=options.overwrite_sidecars)
     summary = RunSummary(out=options.out, fmt=output.fmt)
-    with OutputLock(options.out):
+    with output.lock():  # an OutputLock; none for stdout
         kept = resume_output(output, options)
-        sources = iter_sources(
-            list(options.inputs),
-            recursive=options.recursive,
-            glob=options.glob,
-            from_list=options.from_list,
-        )
+        sources = job_sources(options)  # --limit and the "no images found" check
         created = not options.out.exists()
         output.begin(append=bool(kept))
         if on_start is not None:

@@ -19,16 +19,20 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import OutputError, UsageError
+from ..output_lock import OutputLock
 from ..rows import Row
 from .lines import CsvWriter, JsonlWriter, read_jsonl_rows
 from .parquet import ParquetWriter, parts_dir_for, read_parquet_rows
 from .sidecars import SidecarWriter, sidecar_path
+from .stream import StreamOutput, is_stdout
 
 __all__ = [
     "FORMATS",
     "Output",
+    "StreamOutput",
     "Writer",
     "format_for",
+    "is_stdout",
     "open_output",
     "parts_dir_for",
     "read_rows",
@@ -61,6 +65,8 @@ _EXTENSION_FORMATS = {
     ".pq": "parquet",
 }
 
+_EXTENSION_FOR = {"csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}
+
 
 def format_for(out: Path, fmt: str | None) -> str:
     """The output format: `fmt` when given, else from the extension of `out`.
@@ -68,12 +74,20 @@ def format_for(out: Path, fmt: str | None) -> str:
     "txt" (sidecars) is never guessed: "--out captions.txt" reads as one text
     file, so sidecars are chosen with --format txt, `out` then being the journal.
     """
+    guessed = _EXTENSION_FORMATS.get(Path(out).suffix.lower())
     if fmt is not None:
         fmt = fmt.lower()
         if fmt not in FORMATS:
             raise UsageError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        # A known extension that says otherwise is a mistake, not a choice: CSV in a
+        # .jsonl file breaks every reader downstream. The txt journal is JSONL.
+        expected = "jsonl" if fmt == "txt" else fmt
+        if guessed is not None and guessed != expected:
+            raise UsageError(
+                f"--format {fmt} does not match --out {str(out)!r} (a {guessed} name); "
+                f"name the output *.{_EXTENSION_FOR[expected]} or drop --format"
+            )
         return fmt
-    guessed = _EXTENSION_FORMATS.get(Path(out).suffix.lower())
     if guessed is None:
         raise UsageError(
             f"cannot tell the output format from {str(out)!r}: use an extension "
@@ -117,6 +131,10 @@ class Output:
             raise RuntimeError("drop() before begin(): the writer holds the file")
         return self._format.drop_keys(self.path, frozenset(keys))
 
+    def lock(self) -> OutputLock:
+        """The run's lock on this output (one writer per output)."""
+        return OutputLock(self.path)
+
     def begin(self, *, append: bool) -> None:
         """Open for writing. append=True keeps the complete rows already there (a torn
         tail is cut); append=False starts the output over."""
@@ -145,8 +163,11 @@ class Output:
 
 def open_output(
     path: Path, fmt: str | None = None, *, overwrite_sidecars: bool = False
-) -> Output:
-    """The output at `path` in format `fmt` (None: from the extension), resolved once."""
+) -> Output | StreamOutput:
+    """The output at `path` in format `fmt` (None: from the extension), resolved once.
+    "-" is stdout (JSONL unless fmt says csv)."""
+    if is_stdout(path):
+        return StreamOutput(fmt)
     path = Path(path)
     resolved = format_for(path, fmt)
     if path.is_dir():

@@ -1,0 +1,104 @@
+"""Everything `capbatch caption` can check before the model loads.
+
+A bad option, a missing extra, an output that would be clobbered, a mistyped
+input path or an input with no images is reported in one line (exit 2) within
+a second, before the seconds of model loading and before any output file is
+created, so the corrected rerun needs no --overwrite.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .errors import UsageError
+from .job import (
+    Engine,
+    RunOptions,
+    existing_output_error,
+    job_sources,
+    keys_to_keep,
+    no_inputs_error,
+)
+from .output import Output, StreamOutput, is_stdout, open_output
+from .sources import expand_braces, iter_sources
+
+# What a user who typed "--quiet true" left behind as an input path.
+_BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
+
+
+def preflight(options: RunOptions, engine: Engine) -> None:
+    """UsageError (or MissingDependencyError / OutputError) for the first problem."""
+    check_output(options, engine)
+    check_inputs_exist(options)
+    check_not_empty(options)
+
+
+def check_output(options: RunOptions, engine: Engine) -> Output | StreamOutput:
+    """The format (and its match with --out's extension), its extra, and a collision
+    with an existing output; the Ray engine checks its shard layout itself."""
+    output = open_output(options.out, options.fmt, overwrite_sidecars=options.overwrite_sidecars)
+    if output.fmt == "parquet":
+        from .output.parquet import import_pyarrow
+
+        import_pyarrow()  # the one-line install hint when pyarrow is missing
+    if engine is Engine.local and not is_stdout(options.out):
+        if not options.overwrite and not options.resuming and output.has_content(output.done()):
+            raise existing_output_error(output.path)
+    return output
+
+
+def _missing(raw: str) -> list[str]:
+    if os.path.lexists(raw):
+        return []
+    if "{" in raw:  # a webdataset range: every expanded name must be there
+        return [path for path in expand_braces(raw) if not os.path.lexists(path)]
+    return [raw]
+
+
+def check_inputs_exist(options: RunOptions) -> None:
+    """A command-line input that does not exist is a typo, not an error row."""
+    for raw in options.inputs:
+        missing = _missing(str(raw))
+        if not missing:
+            continue
+        named = missing[0] if missing[0] == raw else f"{missing[0]} (from {raw})"
+        hint = ""
+        if str(raw).lower() in _BOOLEAN_WORDS:
+            hint = "; boolean options are flags: write --quiet, not --quiet true"
+        raise UsageError(f"input {named} does not exist{hint}")
+
+
+def check_not_empty(options: RunOptions) -> None:
+    """No images at all is an error unless --allow-empty. Peeks at the first item
+    only; a list read from stdin cannot be peeked (job_sources checks it as it goes)."""
+    if options.allow_empty or options.from_list == "-":
+        return
+    peek = iter_sources(
+        list(options.inputs), recursive=options.recursive, glob=options.glob,
+        from_list=options.from_list,
+    )  # fmt: skip
+    if next(peek, None) is None:
+        raise no_inputs_error(options)
+
+
+@dataclass(frozen=True)
+class DryRun:
+    inputs: int  # after --limit
+    already_done: int  # would be skipped (--resume)
+    first_keys: tuple[str, ...]
+
+
+def dry_run(options: RunOptions, output: Output | StreamOutput, shown: int = 5) -> DryRun:
+    """Resolve every input as the run would (reading each once), touching no output."""
+    skip = keys_to_keep({} if options.overwrite else output.done(), options)
+    count = done = 0
+    first: list[str] = []
+    items: Iterator = job_sources(options)
+    for item in items:
+        count += 1
+        done += item.key in skip
+        if len(first) < shown:
+            first.append(item.key)
+    return DryRun(count, done, tuple(first))
