@@ -308,7 +308,7 @@ def row_for(item: Keyed, result: CaptionResult, model_id: str) -> Row:
         width=result.width,
         height=result.height,
         model_id=model_id,
-        domain_distance=None if result.domain_distance is None else round(result.domain_distance, 4),
+        domain_distance=None if result.domain_distance is None else round(result.domain_distance, 2),
         in_domain=result.in_domain,
         truncated=result.truncated if result.ok else None,
         repeated=result.repeated if result.ok else None,

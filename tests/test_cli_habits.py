@@ -146,8 +146,12 @@ def test_summary_breaks_errors_down_and_stats_json_matches_the_rows(
     assert stats["model_id"] == rows[0]["model_id"]
     assert stats["exit_code"] == 1 and stats["interrupted"] is False
     assert stats["started_at"] <= stats["ended_at"] and stats["images_per_s"] > 0
-    # Until rows carry the flags, their counts are unknown (null), never a made-up 0.
-    assert stats["in_domain"] is None and stats["truncated"] is None
+    # The fake bundle has no domain statistics: that count is unknown (null), never a
+    # made-up 0; the truncation flags are counted from the rows as written.
+    assert stats["in_domain"] is None and stats["out_of_domain"] is None
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    assert stats["truncated"] == sum(r["truncated"] == "True" for r in ok_rows)
+    assert stats["repeated"] == sum(r["repeated"] == "True" for r in ok_rows)
 
 
 # -- --limit, --dry-run, --out - --------------------------------------------------------
@@ -232,5 +236,5 @@ def test_summary_lines_say_how_many_rows_are_flagged(tmp_path):
     summary.flags.update(in_domain=6, truncated=2)
     lines = _summary_lines(summary)
     assert "14 of 20 images look unlike the model's training data (in_domain=false)" in lines
-    assert "2 captions truncated or repetitive (truncated=true)" in lines
+    assert "2 caption(s) stopped at the length limit without an end (truncated=true)" in lines
     assert not any("unlike" in line for line in _summary_lines(RunSummary(tmp_path, "csv")))
