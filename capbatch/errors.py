@@ -48,3 +48,14 @@ class OutputError(CapbatchError):
 
 class InputDecodeError(Exception):
     """One input could not be turned into a model input; becomes an error row."""
+
+
+def short_message(exc: BaseException, limit: int = 120) -> str:
+    """The first line of an exception's message (its type name when empty), at most `limit` chars.
+
+    Library messages (zipfile, tarfile, Pillow) can be long or multi-line; a row's
+    `error` column holds one short line.
+    """
+    text = str(exc).strip()
+    message = text.splitlines()[0] if text else type(exc).__name__
+    return message if len(message) <= limit else message[: limit - 3] + "..."

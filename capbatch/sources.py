@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .decode import SNIFF_BYTES, sniff_image_format
-from .errors import UsageError
+from .errors import UsageError, short_message
 
 IMAGE_EXTENSIONS = frozenset(
     {
@@ -44,6 +44,7 @@ ZIP_SUFFIXES = (".zip",)
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 KEY_SEPARATOR = "::"
 
+_COLON_RUN = re.compile(r":{2,}")
 _BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _BRACE_LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
 
@@ -64,6 +65,16 @@ def escape_undecodable(text: str) -> str:
         # Surrogates that do not stand for bytes (e.g. from a broken zip name).
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return raw.decode("utf-8", "backslashreplace")
+
+
+def path_key(path: str) -> str:
+    """The row key of a file-system path: undecodable bytes escaped, "::" runs escaped too.
+
+    "::" separates an archive's key from its member's name, so a plain file named
+    "a.tar::x.jpg" must not take the key of member x.jpg of a.tar: each colon of
+    a run of two or more is written "\\x3a", as undecodable bytes are.
+    """
+    return _COLON_RUN.sub(lambda run: "\\x3a" * len(run.group()), escape_undecodable(path))
 
 
 def archive_kind(name: str) -> str | None:
@@ -241,7 +252,7 @@ class _Reader:
             yield from self._explicit(path)
 
     def _explicit(self, path: str) -> Iterator[SourceItem]:
-        key = escape_undecodable(str(Path(path)))
+        key = path_key(str(Path(path)))
         try:
             mode = os.stat(path).st_mode
         except OSError as exc:
@@ -278,7 +289,7 @@ class _Reader:
                 continue
             path = os.path.join(directory, entry)
             relative = f"{relative_dir}{entry}"
-            key = escape_undecodable(os.path.join(top_key, relative))
+            key = path_key(os.path.join(top_key, relative))
             try:
                 entry_stat = os.stat(path)
             except OSError as exc:
@@ -332,7 +343,7 @@ class _Reader:
             # Hostile headers reach parser code paths nobody foresaw (fuzzing found
             # an empty zip member name crashing zipfile's is_dir); whatever breaks
             # ends this archive with an error row, never the run.
-            yield from self._error(key, f"corrupt archive: {_short(exc)}", path)
+            yield from self._error(key, f"corrupt archive: {short_message(exc)}", path)
 
     def _tar(self, path: str, key: str) -> Iterator[SourceItem]:
         # Stream mode ("r|*"): one pass, members in archive order, nothing seekable
@@ -343,14 +354,21 @@ class _Reader:
             yield from self._error(key, _describe_os_error(exc), path)
             return
         except Exception as exc:
-            yield from self._error(key, f"not a readable tar archive: {_short(exc)}", path)
+            yield from self._error(
+                key, f"not a readable tar archive: {_tar_open_failure(exc, path)}", path
+            )
             return
         with archive:
-            members = iter(archive)
             while True:
                 try:
-                    member = next(members)
-                except StopIteration:
+                    member = archive.next()
+                except Exception as exc:
+                    yield from self._error(key, f"corrupt tar archive: {short_message(exc)}", path)
+                    return
+                # tarfile appends every header it reads to `members`, even in stream
+                # mode: 1,000,000 members held 579 MB. Nothing here looks back at them.
+                archive.members.clear()
+                if member is None:
                     if _ended_without_marker(archive):
                         # tarfile takes a cut inside (or right before) a header for the
                         # end: without this row the members after the cut vanish silently.
@@ -360,33 +378,35 @@ class _Reader:
                             path,
                         )
                     return
-                except Exception as exc:
-                    yield from self._error(key, f"corrupt tar archive: {_short(exc)}", path)
-                    return
-                if member.isdir() or not self._wanted_member(member.name):
-                    continue
-                member_key = f"{key}{KEY_SEPARATOR}{escape_undecodable(member.name)}"
-                if member_key in self.seen:
-                    continue  # a later copy of a name: the first one wins
-                if member.issym() or member.islnk():
-                    yield from self._error(member_key, "archive member is a link, not a file")
-                    continue
-                if not member.isreg():
-                    yield from self._error(member_key, "archive member is not a regular file")
-                    continue
-                if member.size > self.max_bytes:
-                    yield from self._error(
-                        member_key,
-                        f"archive member too large: {member.size} bytes > limit {self.max_bytes}",
-                    )
-                    continue
-                try:
-                    reader = archive.extractfile(member)
-                    data = reader.read() if reader is not None else b""
-                except Exception as exc:
-                    yield from self._error(member_key, f"cannot read archive member: {_short(exc)}")
-                    continue
-                yield from self._item(member_key, None, data, None)
+                yield from self._tar_member(archive, member, key)
+
+    def _tar_member(
+        self, archive: tarfile.TarFile, member: tarfile.TarInfo, key: str
+    ) -> Iterator[SourceItem]:
+        if member.isdir() or not self._wanted_member(member.name):
+            return
+        member_key = f"{key}{KEY_SEPARATOR}{escape_undecodable(member.name)}"
+        if member_key in self.seen:
+            return  # a later copy of a name: the first one wins
+        if member.issym() or member.islnk():
+            yield from self._error(member_key, "archive member is a link, not a file")
+            return
+        if not member.isreg():
+            yield from self._error(member_key, "archive member is not a regular file")
+            return
+        if member.size > self.max_bytes:
+            yield from self._error(
+                member_key,
+                f"archive member too large: {member.size} bytes > limit {self.max_bytes}",
+            )
+            return
+        try:
+            reader = archive.extractfile(member)
+            data = reader.read() if reader is not None else b""
+        except Exception as exc:
+            yield from self._error(member_key, f"cannot read archive member: {short_message(exc)}")
+            return
+        yield from self._item(member_key, None, data, None)
 
     def _zip(self, path: str, key: str) -> Iterator[SourceItem]:
         try:
@@ -395,7 +415,7 @@ class _Reader:
             yield from self._error(key, _describe_os_error(exc), path)
             return
         except Exception as exc:
-            yield from self._error(key, f"not a readable zip archive: {_short(exc)}", path)
+            yield from self._error(key, f"not a readable zip archive: {short_message(exc)}", path)
             return
         with archive:
             for info in archive.infolist():  # central-directory order
@@ -422,7 +442,9 @@ class _Reader:
                         # The declared size can lie; never read past the cap.
                         data = reader.read(self.max_bytes + 1)
                 except Exception as exc:
-                    yield from self._error(member_key, f"corrupt archive member: {_short(exc)}")
+                    yield from self._error(
+                        member_key, f"corrupt archive member: {short_message(exc)}"
+                    )
                     continue
                 if len(data) > self.max_bytes:
                     yield from self._error(
@@ -430,6 +452,32 @@ class _Reader:
                     )
                     continue
                 yield from self._item(member_key, None, data, None)
+
+
+_COMPRESSED_MAGIC = (
+    (b"\x1f\x8b", "gzip", 10),  # name, header size
+    (b"BZh", "bz2", 4),
+    (b"\xfd7zXZ\x00", "xz", 12),
+)
+
+
+def _tar_open_failure(exc: Exception, path: str) -> str:
+    """Why tarfile could not start reading; its "empty file" also covers cut compressed data."""
+    if "empty file" not in str(exc):
+        return short_message(exc)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return short_message(exc)
+    if not head:
+        return "empty file (0 bytes)"
+    for magic, name, header_size in _COMPRESSED_MAGIC:
+        if head.startswith(magic):
+            if len(head) < header_size:
+                return f"truncated {name} stream (cut inside its header)"
+            return f"truncated {name} stream (no tar data in it)"
+    return "empty tar archive (no members)"
 
 
 def _ended_without_marker(archive: tarfile.TarFile) -> bool:
@@ -444,11 +492,6 @@ def _ended_without_marker(archive: tarfile.TarFile) -> bool:
         return position - archive.offset < tarfile.BLOCKSIZE
     except (AttributeError, OSError, ValueError):
         return False  # cannot tell: do not invent an error
-
-
-def _short(exc: BaseException) -> str:
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return message if len(message) <= 120 else message[:117] + "..."
 
 
 def read_list(from_list: str | Path) -> Iterator[str]:
