@@ -110,14 +110,17 @@ def _finite(array: np.ndarray) -> np.ndarray:
 
 
 def _float_range(image: Image.Image) -> tuple[float, float]:
-    """(lowest, span) of a mode "F" image's finite values (NaN and inf count as 0)."""
+    """(lowest, span) of a mode "F" image's values, NaN and inf counted as 0."""
     lo, hi = None, None
     for band in _bands(image):
-        array = _finite(np.asarray(band))
+        array = np.asarray(band)  # float32: min and max are exact in it
+        if not np.isfinite(array).all():
+            array = _finite(array)
         if array.size:
-            lo = float(array.min()) if lo is None else min(lo, float(array.min()))
-            hi = float(array.max()) if hi is None else max(hi, float(array.max()))
-    lo, hi = (0.0, 1.0) if lo is None else (lo, hi)
+            low, high = float(array.min()), float(array.max())
+            lo, hi = (low, high) if lo is None else (min(lo, low), max(hi, high))
+    if lo is None:
+        return 0.0, 1.0
     return lo, (hi - lo if hi > lo else 1.0)
 
 

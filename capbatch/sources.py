@@ -462,14 +462,19 @@ _COMPRESSED_MAGIC = (
 
 
 def _tar_open_failure(exc: Exception, path: str) -> str:
-    """Why tarfile could not start reading; its "empty file" also covers cut compressed data."""
-    if "empty file" not in str(exc):
-        return short_message(exc)
+    """Why tarfile could not read a first header, in words about the file.
+
+    tarfile says "empty file" or "truncated header" both for a 0-byte file and
+    for compressed data cut before a whole tar header came out of it.
+    """
+    message = short_message(exc)
+    if message not in ("empty file", "truncated header"):
+        return message
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)
     except OSError:
-        return short_message(exc)
+        return message
     if not head:
         return "empty file (0 bytes)"
     for magic, name, header_size in _COMPRESSED_MAGIC:
@@ -477,7 +482,7 @@ def _tar_open_failure(exc: Exception, path: str) -> str:
             if len(head) < header_size:
                 return f"truncated {name} stream (cut inside its header)"
             return f"truncated {name} stream (no tar data in it)"
-    return "empty tar archive (no members)"
+    return "empty tar archive (no members)" if message == "empty file" else message
 
 
 def _ended_without_marker(archive: tarfile.TarFile) -> bool:

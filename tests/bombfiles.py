@@ -20,6 +20,7 @@ import io
 import struct
 import zlib
 
+import numpy as np
 from PIL import Image
 
 from tests.io_fixtures import encode, gradient
@@ -130,14 +131,22 @@ def _segments(jpeg: bytes) -> tuple[bytes, list[bytes], bytes]:
     return jpeg[:first], scans, jpeg[-2:]
 
 
-def jpeg_many_scans(scans: int = 10_000, size: tuple[int, int] = (1024, 768)) -> bytes:
-    """A progressive JPEG whose smallest AC scan is repeated until it has `scans` scans.
+def jpeg_many_scans(scans: int = 10_000, size: tuple[int, int] = (2048, 1536)) -> bytes:
+    """A progressive JPEG with `scans` scans: its own, then copies of its last scan's header.
 
-    libjpeg only warns about the repeated progression, so every scan is decoded:
-    the decode costs about `scans` passes over the image's blocks.
+    The last scan refines every luma AC coefficient; each copy carries 64 zero
+    bytes of data, which libjpeg reads as corrections for every block with a
+    warning only, so each copy costs a pass over the image's luma blocks.
     """
-    head, parts, end = _segments(encode(gradient(size), "JPEG", progressive=True, quality=90))
-    extra = [min(parts[1:], key=len)] * max(0, scans - len(parts))
+    rng = np.random.default_rng(18)
+    noise = rng.integers(-64, 64, (size[1], size[0], 3))
+    picture = Image.fromarray(
+        (np.asarray(gradient(size), np.int16) + noise).clip(0, 255).astype(np.uint8)
+    )
+    head, parts, end = _segments(encode(picture, "JPEG", progressive=True, quality=95))
+    last = parts[-1]
+    header = last[: 2 + int.from_bytes(last[2:4], "big")]
+    extra = [header + bytes(64)] * max(0, scans - len(parts))
     return head + b"".join(parts + extra) + end
 
 
