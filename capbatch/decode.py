@@ -269,7 +269,12 @@ def _decode(
             raise
         except Exception as exc:
             raise _load_failure(exc, fmt, max_pixels) from None
-        _check_complete(image, fmt, data, jpeg)
+        try:
+            _check_complete(image, fmt, data, jpeg)
+        except InputDecodeError:
+            raise
+        except Exception as exc:  # a check tripping on hostile bytes: still that input's problem
+            raise InputDecodeError(f"corrupt {fmt}: {short_message(exc)}") from None
         # Read after load (a PNG's eXIf may follow its image data), from the stored
         # size (draft mode has shrunk image.size by now).
         width, height = stored_width, stored_height
