@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from tests import bombfiles
 from tests.io_fixtures import HEIC_BYTES, HTML_BYTES, encode, gradient, marker_image, png_bytes
 from tests.io_fixtures import png_header_only as huge_png_header
 
@@ -195,6 +196,36 @@ def make_corpus(directory: str | Path) -> list[CorpusEntry]:
     svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
     add("drawing.svg.png", "SVG named .png", "error: unsupported image format (SVG)", svg)
     add("noise.jpg", "random bytes named .jpg", "error: unsupported image format", NOISE)
+    add(
+        "half-rows.png",
+        "PNG whose image data stops after half the rows (valid chunks)",
+        "error: truncated PNG (image data ends at 50% of the rows)",
+        bombfiles.png_short_stream(),
+    )
+    add(
+        "dc-only.jpg",
+        "progressive JPEG holding only its DC scan",
+        "error: truncated JPEG (progressive scans end before full detail)",
+        bombfiles.jpeg_dc_only(),
+    )
+    add(
+        "many-scans.jpg",
+        "progressive JPEG with 600 scans",
+        "error: JPEG has too many scans",
+        bombfiles.jpeg_many_scans(600, (256, 192)),
+    )
+    add(
+        "row-130000000x1.png",
+        "PNG of 130,000,000x1 (126 KB)",
+        "error: image needs too much memory to decode",
+        bombfiles.png_row_bomb(),
+    )
+    add(
+        "screen.gif",
+        "GIF: 3000x3000 screen, one transparent 1x1 frame (43 bytes)",
+        OK,
+        bombfiles.gif_screen_bomb(3000, 3000),
+    )
 
     # -- odd but valid images -------------------------------------------------------------
     add("png-named.jpg", "PNG under a .jpg extension", OK, png)
@@ -256,6 +287,24 @@ def make_corpus(directory: str | Path) -> list[CorpusEntry]:
     entries.append(
         CorpusEntry(
             "links.tar::passwd.png", "tar symlink member (to /etc/passwd)", "error: archive member"
+        )
+    )
+    # A plain file named like a member of bad.tar: its own row, "::" escaped in its key.
+    (root / "bad.tar::good.png").write_bytes(png)
+    entries.append(
+        CorpusEntry("bad.tar\\x3a\\x3agood.png", "file named like an archive member", OK)
+    )
+    gz = io.BytesIO()
+    with tarfile.open(fileobj=gz, mode="w:gz") as archive:
+        info = tarfile.TarInfo("x.png")
+        info.size = len(png)
+        archive.addfile(info, io.BytesIO(png))
+    (root / "cut-header.tar.gz").write_bytes(gz.getvalue()[:6])
+    entries.append(
+        CorpusEntry(
+            "cut-header.tar.gz",
+            "tar.gz cut inside its gzip header",
+            "error: not a readable tar archive: truncated gzip stream (cut inside its header)",
         )
     )
     (root / "fake.zip").write_bytes(b"PK\x03\x04 this is no zip")

@@ -7,6 +7,7 @@ image whose decode, done naively, takes gigabytes or minutes:
     png_grey16_bomb()      ~350 KB 16-bit grey PNG of 13370x13370 (zeros)
     tiff_bomb("F" | "I")   ~700 KB deflated 32-bit float / int TIFF of 13370x13370
     png_row_bomb()         ~130 KB 8-bit grey PNG of 130,000,000x1
+    png_short_stream()     PNG whose image data stops after half the rows
     ico_png_bomb()         ICO whose one entry holds a 13000x13000 RGBA PNG
     jpeg_many_scans()      progressive JPEG with 10,000 scans
     jpeg_dc_only()         progressive JPEG holding only its first (DC) scan
@@ -57,6 +58,22 @@ def png_grey16_bomb(side: int = BOMB_SIDE) -> bytes:
 
 def png_row_bomb(width: int = 130_000_000) -> bytes:
     return png_zeros(width, 1, 8, 0)
+
+
+def png_short_stream(width: int = 64, height: int = 48) -> bytes:
+    """Whole chunks and IEND, but a zlib stream that ends after half the rows.
+
+    Pillow stops without an error and leaves the missing rows black.
+    """
+    rows = b"".join(b"\x00" + bytes([200]) * (3 * width) for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    half = zlib.compress(rows[: len(rows) // 2])
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", half)
+        + _chunk(b"IEND", b"")
+    )
 
 
 def gif_screen_bomb(width: int = 13000, height: int = 13000) -> bytes:
