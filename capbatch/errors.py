@@ -6,6 +6,7 @@ code (a traceback only with --debug).
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 
 
@@ -59,3 +60,16 @@ def short_message(exc: BaseException, limit: int = 120) -> str:
     text = str(exc).strip()
     message = text.splitlines()[0] if text else type(exc).__name__
     return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OSError in the words of a row's `error` column."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.ENOENT:
+        return "no such file or directory"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "file name too long"
+    return f"cannot read: {exc.strerror or exc}"
