@@ -19,11 +19,10 @@ from PIL import Image, UnidentifiedImageError
 from .decode_limits import (
     DEFAULT_MAX_DECODE_BYTES,
     DecodePlan,
-    DecodeRefused,
     JpegFacts,
-    check_jpeg_work,
     describe_plan,
     ico_largest_entry,
+    jpeg_work_refusal,
     plan_decode,
     png_data_shortfall,
     read_jpeg,
@@ -245,8 +244,9 @@ def _decode(
     if sniffed in UNSUPPORTED_FORMATS:
         raise InputDecodeError(f"unsupported image format ({sniffed})")
     jpeg = read_jpeg(data) if sniffed == "JPEG" else None
-    if jpeg is not None:
-        _refuse_on(check_jpeg_work, jpeg)
+    refusal = jpeg_work_refusal(jpeg) if jpeg is not None else None
+    if refusal is not None:
+        raise InputDecodeError(refusal)
     image = _open(data, sniffed, max_pixels)
     with image:
         fmt = image.format or sniffed or "image"
@@ -287,13 +287,6 @@ def _decode(
                 f"cannot convert {fmt} image (mode {image.mode}): {short_message(exc)}"
             ) from None
     return DecodedImage(pixels=pixels, width=width, height=height)
-
-
-def _refuse_on(check, facts: JpegFacts) -> None:
-    try:
-        check(facts)
-    except DecodeRefused as exc:
-        raise InputDecodeError(str(exc)) from None
 
 
 def _true_size(image: Image.Image, fmt: str, data: bytes) -> tuple[int, int]:

@@ -50,10 +50,6 @@ _ADAM7 = (
 )
 
 
-class DecodeRefused(Exception):
-    """The header asks for more than a decode may cost; the message is the row's reason."""
-
-
 @dataclass
 class JpegFacts:
     """What the marker segments of a JPEG say (scan headers only, no entropy decoding)."""
@@ -151,16 +147,16 @@ def read_jpeg(data: bytes) -> JpegFacts:
     return facts
 
 
-def check_jpeg_work(facts: JpegFacts) -> None:
+def jpeg_work_refusal(facts: JpegFacts) -> str | None:
+    """Why a JPEG's scans are too much work to decode (a row's reason), None when they are not."""
     if facts.scans > MAX_JPEG_SCANS:
-        raise DecodeRefused(
-            f"JPEG has too many scans: over {MAX_JPEG_SCANS} (each is a pass over the image)"
-        )
+        return f"JPEG has too many scans: over {MAX_JPEG_SCANS} (each is a pass over the image)"
     if facts.scan_blocks > MAX_JPEG_SCAN_BLOCKS:
-        raise DecodeRefused(
+        return (
             f"JPEG too costly to decode: {facts.scans} scans over "
             f"{sum(facts.blocks.values())} blocks > limit {MAX_JPEG_SCAN_BLOCKS} block-scans"
         )
+    return None
 
 
 def ico_largest_entry(data: bytes) -> tuple[int, int, bool]:
@@ -285,7 +281,7 @@ def plan_decode(
     new_w, new_h = resized
     decoded = width * height * _mode_bytes(mode)
     support = _RESAMPLE_SUPPORT[interpolation]
-    band = max(band_bytes, 4 * width)
+    band = min(max(band_bytes, 4 * width), 4 * width * height)  # no band beyond the image
     tables = max(
         _coefficient_bytes(width, new_w, support), _coefficient_bytes(height, new_h, support)
     )
@@ -294,9 +290,13 @@ def plan_decode(
     return DecodePlan(decoded, decoder_bytes, decoded if rotated else 0, conversion)
 
 
+def _mib(size: int) -> str:
+    mib = size / (1024 * 1024)
+    return f"{math.ceil(mib)} MiB" if mib >= 10 else f"{mib:.1f} MiB"
+
+
 def describe_plan(plan: DecodePlan, limit: int, what: str) -> str:
-    mib = 1024 * 1024
     return (
-        f"image needs too much memory to decode: about {math.ceil(plan.total / mib)} MiB "
-        f"> limit {limit // mib} MiB ({what})"
+        f"image needs too much memory to decode: about {_mib(plan.total)} "
+        f"> limit {_mib(limit)} ({what})"
     )
