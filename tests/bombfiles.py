@@ -91,10 +91,11 @@ def tiff_bomb(mode: str = "F", side: int = BOMB_SIDE, rows_per_strip: int = 64) 
     """Little-endian deflated TIFF of 32-bit float ("F") or signed int ("I") zeros."""
     sample_format = {"F": 3, "I": 2}[mode]
     row_bytes = side * 4
-    strips = []
+    strips, zero_row = [], bytes(row_bytes)
     for top in range(0, side, rows_per_strip):
+        packer = zlib.compressobj(9)  # a row at a time: never the strip in memory
         rows = min(rows_per_strip, side - top)
-        strips.append(zlib.compress(bytes(row_bytes * rows), 9))
+        strips.append(b"".join(packer.compress(zero_row) for _ in range(rows)) + packer.flush())
     count = len(strips)
     entries = [
         (256, 4, 1, side),  # ImageWidth
