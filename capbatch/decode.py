@@ -4,7 +4,9 @@ Every failure of one input (empty, truncated, not an image, too large, a format
 Pillow cannot read) becomes an InputDecodeError whose message is short enough
 to sit in the `error` column of an output row; nothing else escapes. Global
 Pillow state (MAX_IMAGE_PIXELS, LOAD_TRUNCATED_IMAGES) is never changed: the
-pixel limit is checked here, from the header, before any pixel is decoded.
+pixel limit is checked here, from the header, before any pixel is decoded, and
+so are the memory the whole decode will hold and a JPEG's scan work
+(decode_limits.py); data that ends early is refused after decoding.
 """
 
 from __future__ import annotations
