@@ -43,10 +43,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from capbatch.decode import decode_image
-from capbatch.errors import InputDecodeError
-from capbatch.preprocess import PreprocessSpec
-from capbatch.sources import iter_sources
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # tests.bombfiles: the hostile-header seeds
+
+from capbatch.decode import decode_image  # noqa: E402
+from capbatch.errors import InputDecodeError  # noqa: E402
+from capbatch.preprocess import PreprocessSpec  # noqa: E402
+from capbatch.sources import iter_sources  # noqa: E402
+from tests import bombfiles  # noqa: E402
 
 SPEC = PreprocessSpec(size=32)
 INTERESTING = (0x00, 0x01, 0x7F, 0x80, 0xFF)
@@ -100,6 +105,26 @@ def image_seeds() -> dict[str, bytes]:
         "ico": _encode(picture, "ICO"),
         "ppm": _encode(picture, "PPM"),
         "tga": _encode(picture, "TGA"),
+        **bomb_seeds(),
+    }
+
+
+def bomb_seeds() -> dict[str, bytes]:
+    """Small copies of the issue-18 bomb shapes: the header fields the limits read.
+
+    Full-size bombs cost seconds each; at this size mutations of the same
+    headers (screen vs frame, ICO entry vs directory, scan lists, strips,
+    IDAT streams) reach the same parsing code in milliseconds.
+    """
+    return {
+        "gif-screen": bombfiles.gif_screen_bomb(300, 200),
+        "png-16bit-zeros": bombfiles.png_grey16_bomb(64),
+        "tiff-float": bombfiles.tiff_bomb("F", side=48, rows_per_strip=8),
+        "tiff-int": bombfiles.tiff_bomb("I", side=48, rows_per_strip=48),
+        "png-one-row": bombfiles.png_row_bomb(5000),
+        "ico-png-entry": bombfiles.ico_png_bomb(64),
+        "jpeg-many-scans": bombfiles.jpeg_many_scans(40, (48, 32)),
+        "jpeg-dc-only": bombfiles.jpeg_dc_only((48, 32)),
     }
 
 

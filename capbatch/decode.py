@@ -4,7 +4,9 @@ Every failure of one input (empty, truncated, not an image, too large, a format
 Pillow cannot read) becomes an InputDecodeError whose message is short enough
 to sit in the `error` column of an output row; nothing else escapes. Global
 Pillow state (MAX_IMAGE_PIXELS, LOAD_TRUNCATED_IMAGES) is never changed: the
-pixel limit is checked here, from the header, before any pixel is decoded.
+pixel limit is checked here, from the header, before any pixel is decoded, and
+so are the memory the whole decode will hold and a JPEG's scan work
+(decode_limits.py); data that ends early is refused after decoding.
 """
 
 from __future__ import annotations
@@ -16,8 +18,26 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputDecodeError
-from .preprocess import PreprocessSpec, preprocess_image, upright_size
+from .decode_limits import (
+    DEFAULT_MAX_DECODE_BYTES,
+    DecodePlan,
+    JpegFacts,
+    describe_plan,
+    ico_largest_entry,
+    jpeg_work_refusal,
+    plan_decode,
+    png_data_shortfall,
+    read_jpeg,
+)
+from .errors import InputDecodeError, short_message
+from .preprocess import (
+    BAND_BYTES,
+    TRANSPOSING_ORIENTATIONS,
+    PreprocessSpec,
+    exif_orientation,
+    preprocess_image,
+    resized_size,
+)
 
 # Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS at its default), so the two
 # guards agree by default: about 13,400 x 13,400 pixels, ~537 MB as RGB.
@@ -128,11 +148,6 @@ def _is_text(head: bytes) -> bool:
     return bool(text) and all(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
 
 
-def _short(exc: BaseException) -> str:
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return message if len(message) <= 120 else message[:117] + "..."
-
-
 def _too_large(pixels: int, max_pixels: int) -> InputDecodeError:
     return InputDecodeError(f"image too large: {pixels} pixels > limit {max_pixels}")
 
@@ -159,7 +174,7 @@ def _pillow_bomb(exc: Image.DecompressionBombError, max_pixels: int) -> InputDec
     numbers = [int(n) for n in re.findall(r"\d+", str(exc))]
     if len(numbers) >= 2:
         return _too_large(numbers[0], min(numbers[1], max_pixels))
-    return InputDecodeError(f"image too large: {_short(exc)}")
+    return InputDecodeError(f"image too large: {short_message(exc)}")
 
 
 def _load_failure(exc: BaseException, fmt: str, max_pixels: int) -> InputDecodeError:
@@ -170,7 +185,7 @@ def _load_failure(exc: BaseException, fmt: str, max_pixels: int) -> InputDecodeE
     message = str(exc).lower()
     if isinstance(exc, EOFError) or "truncated" in message or "premature end" in message:
         return InputDecodeError(f"truncated {fmt}")
-    return InputDecodeError(f"corrupt {fmt}: {_short(exc)}")
+    return InputDecodeError(f"corrupt {fmt}: {short_message(exc)}")
 
 
 def decode_image(
@@ -178,24 +193,37 @@ def decode_image(
     spec: PreprocessSpec,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
     draft: bool = True,
 ) -> DecodedImage:
     """Bytes of one image file -> DecodedImage; raises InputDecodeError(clear reason).
 
-    Reads only the first frame of animated or multi-page files. The declared
-    size is checked against max_pixels before any pixel is decoded. `draft`
-    allows JPEG DCT downscaling for large JPEGs (off: a full decode, as training
-    does, for benchmarks and comparisons).
+    Reads only the first frame of animated or multi-page files. Before any pixel
+    is decoded, the declared size is checked against max_pixels, the memory the
+    decode and conversion will hold against max_decode_bytes, and a JPEG's scans
+    against the work limits (decode_limits). `draft` allows JPEG DCT downscaling
+    for large JPEGs (off: a full decode, as training does, for benchmarks and
+    comparisons).
     """
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
-    if not data:
-        raise InputDecodeError("empty file (0 bytes)")
-    sniffed = sniff_image_format(data[:SNIFF_BYTES])
-    if sniffed in UNSUPPORTED_FORMATS:
-        raise InputDecodeError(f"unsupported image format ({sniffed})")
+    if max_decode_bytes < 1:
+        raise ValueError(f"max_decode_bytes must be >= 1, got {max_decode_bytes}")
     try:
-        image = Image.open(io.BytesIO(data))
+        return _decode(data, spec, max_pixels, max_decode_bytes, draft)
+    except InputDecodeError as exc:
+        reason = str(exc)
+    # Raised afresh, outside the except block and with the input dropped from this
+    # frame: the error carries no __context__ (Pillow's exception, whose frames hold
+    # the image and a BytesIO of the input) and its traceback no bytes, so an error
+    # kept by a Future or a log pins nothing of the input.
+    del data
+    raise InputDecodeError(reason)
+
+
+def _open(data: bytes, sniffed: str | None, max_pixels: int) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         # Pillow's own header check fires inside open() when its (global) limit is
         # below the declared size; report it in the same words as ours.
@@ -208,26 +236,134 @@ def decode_image(
     except Exception as exc:  # any parser error on hostile bytes is that input's problem
         raise _load_failure(exc, sniffed or "image", max_pixels) from None
 
+
+def _decode(
+    data: bytes, spec: PreprocessSpec, max_pixels: int, max_decode_bytes: int, draft: bool
+) -> DecodedImage:
+    if not data:
+        raise InputDecodeError("empty file (0 bytes)")
+    sniffed = sniff_image_format(data[:SNIFF_BYTES])
+    if sniffed in UNSUPPORTED_FORMATS:
+        raise InputDecodeError(f"unsupported image format ({sniffed})")
+    jpeg = read_jpeg(data) if sniffed == "JPEG" else None
+    refusal = jpeg_work_refusal(jpeg) if jpeg is not None else None
+    if refusal is not None:
+        raise InputDecodeError(refusal)
+    image = _open(data, sniffed, max_pixels)
     with image:
         fmt = image.format or sniffed or "image"
-        stored_width, stored_height = image.size
+        stored_width, stored_height = _true_size(image, fmt, data)
         if stored_width * stored_height > max_pixels:
             raise _too_large(stored_width * stored_height, max_pixels)
         if stored_width < 1 or stored_height < 1:
             raise InputDecodeError(f"corrupt {fmt}: size {stored_width}x{stored_height}")
-        width, height = upright_size(image)
         try:
             if draft and fmt == "JPEG":
                 request = _draft_request(image.size, spec)
                 if request is not None:
                     image.draft("RGB", request)
+            plan = _plan(image, fmt, data, spec, jpeg)
+            if plan.total > max_decode_bytes:
+                what = f"{stored_width}x{stored_height} {fmt} mode {image.mode}"
+                raise InputDecodeError(describe_plan(plan, max_decode_bytes, what))
             image.load()
+        except InputDecodeError:
+            raise
         except Exception as exc:
             raise _load_failure(exc, fmt, max_pixels) from None
+        try:
+            _check_complete(image, fmt, data, jpeg)
+        except InputDecodeError:
+            raise
+        except Exception as exc:  # a check tripping on hostile bytes: still that input's problem
+            raise InputDecodeError(f"corrupt {fmt}: {short_message(exc)}") from None
+        # Read after load (a PNG's eXIf may follow its image data), from the stored
+        # size (draft mode has shrunk image.size by now).
+        width, height = stored_width, stored_height
+        if exif_orientation(image) in TRANSPOSING_ORIENTATIONS:
+            width, height = height, width
         try:
             pixels = preprocess_image(image, spec)  # (S, S, 3) uint8
         except Exception as exc:
             raise InputDecodeError(
-                f"cannot convert {fmt} image (mode {image.mode}): {_short(exc)}"
+                f"cannot convert {fmt} image (mode {image.mode}): {short_message(exc)}"
             ) from None
     return DecodedImage(pixels=pixels, width=width, height=height)
+
+
+def _true_size(image: Image.Image, fmt: str, data: bytes) -> tuple[int, int]:
+    """The size the decode will produce; an ICO's directory can understate it."""
+    if fmt == "ICO":
+        width, height, _ = ico_largest_entry(data)
+        return max(width, image.width), max(height, image.height)
+    return image.size
+
+
+def _decoder_bytes(image: Image.Image, fmt: str, data: bytes, jpeg: JpegFacts | None) -> int:
+    """Buffers the format's decoder holds besides the decoded image (measured in Pillow 13)."""
+    width, height = image.size
+    if jpeg is not None:
+        return jpeg.coefficient_bytes()
+    if fmt == "WEBP":
+        return 2 * 4 * width * height  # libwebp's RGBA output, copied once more
+    if fmt == "TIFF" and getattr(image, "tile", None) and image.tile[0][0] != "raw":
+        tags = getattr(image, "tag_v2", {})
+        if 322 in tags and 323 in tags:  # tiled
+            rows, row_width = int(tags[323]), int(tags[322])
+        else:
+            rows, row_width = int(tags.get(278, height)), width
+        return min(rows, height) * row_width * 4  # libtiff decodes a strip or tile at a time
+    if fmt == "ICO":
+        entry_w, entry_h, is_png = ico_largest_entry(data)
+        # A BMP entry is read, masked and converted to RGBA: two more copies.
+        return 0 if is_png else 2 * 4 * entry_w * entry_h
+    return 0
+
+
+def _plan(
+    image: Image.Image, fmt: str, data: bytes, spec: PreprocessSpec, jpeg: JpegFacts | None
+) -> DecodePlan:
+    size, mode = image.size, image.mode
+    if fmt == "ICO":
+        entry_w, entry_h, _ = ico_largest_entry(data)
+        if entry_w * entry_h > size[0] * size[1]:
+            size, mode = (entry_w, entry_h), "RGBA"
+    orientation = _orientation_before_load(image, fmt)
+    rotated = orientation != 1
+    upright = (size[1], size[0]) if orientation in TRANSPOSING_ORIENTATIONS else size
+    return plan_decode(
+        mode,
+        size,
+        resized_size(upright, spec),
+        interpolation=spec.interpolation,
+        decoder_bytes=_decoder_bytes(image, fmt, data, jpeg),
+        rotated=rotated,
+        band_bytes=BAND_BYTES,
+    )
+
+
+def _orientation_before_load(image: Image.Image, fmt: str) -> int:
+    # Pillow's PNG getexif() decodes the whole image to look for an eXIf chunk
+    # after the image data: that would be the decode this check is meant to avoid.
+    # Such a late eXIf is rare; its rotation copy goes uncounted.
+    if fmt == "PNG" and "exif" not in image.info:
+        return 1
+    return exif_orientation(image)
+
+
+def _last_row_is_zero(image: Image.Image) -> bool:
+    extrema = image.crop((0, image.height - 1, image.width, image.height)).getextrema()
+    highs = [extrema[1]] if not isinstance(extrema[0], tuple) else [high for _, high in extrema]
+    return all(high == 0 for high in highs)
+
+
+def _check_complete(image: Image.Image, fmt: str, data: bytes, jpeg: JpegFacts | None) -> None:
+    """Data that ended early decodes "fine" in Pillow, the rest grey or black: refuse it."""
+    # Rows Pillow never received stay all 0, so a non-interlaced PNG whose last row
+    # holds anything else is whole: that spares inflating it twice (1.9 s for 357 MB).
+    if fmt == "PNG" and (image.info.get("interlace") or _last_row_is_zero(image)):
+        reason = png_data_shortfall(data)
+        if reason is not None:
+            raise InputDecodeError(reason)
+    elif jpeg is not None and jpeg.progressive and not jpeg.complete():
+        raise InputDecodeError("truncated JPEG (progressive scans end before full detail)")

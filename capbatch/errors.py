@@ -6,6 +6,7 @@ code (a traceback only with --debug).
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 
 
@@ -48,3 +49,27 @@ class OutputError(CapbatchError):
 
 class InputDecodeError(Exception):
     """One input could not be turned into a model input; becomes an error row."""
+
+
+def short_message(exc: BaseException, limit: int = 120) -> str:
+    """The first line of an exception's message (its type name when empty), at most `limit` chars.
+
+    Library messages (zipfile, tarfile, Pillow) can be long or multi-line; a row's
+    `error` column holds one short line.
+    """
+    text = str(exc).strip()
+    message = text.splitlines()[0] if text else type(exc).__name__
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OSError in the words of a row's `error` column."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.ENOENT:
+        return "no such file or directory"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "file name too long"
+    return f"cannot read: {exc.strerror or exc}"

@@ -2,7 +2,7 @@
 
 Files, directories (walked recursively, entries sorted), list files ("-" for
 stdin) and tar / tar.gz / tgz / tar.bz2 / tar.xz / zip archives, including
-webdataset shards. Archives are streamed member by member and NEVER extracted:
+webdataset shards. Archives are streamed member by member (archives.py) and NEVER extracted:
 a member named "/etc/x.jpg" or "../x.jpg" is only ever a key. Every input that
 cannot be read becomes a SourceItem with an `error` instead of stopping the run.
 
@@ -20,14 +20,13 @@ import os
 import re
 import stat
 import sys
-import tarfile
-import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .archives import read_archive
 from .decode import SNIFF_BYTES, sniff_image_format
-from .errors import UsageError
+from .errors import UsageError, describe_os_error
 
 IMAGE_EXTENSIONS = frozenset(
     {
@@ -44,6 +43,7 @@ ZIP_SUFFIXES = (".zip",)
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 KEY_SEPARATOR = "::"
 
+_COLON_RUN = re.compile(r":{2,}")
 _BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _BRACE_LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
 
@@ -64,6 +64,16 @@ def escape_undecodable(text: str) -> str:
         # Surrogates that do not stand for bytes (e.g. from a broken zip name).
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return raw.decode("utf-8", "backslashreplace")
+
+
+def path_key(path: str) -> str:
+    """The row key of a file-system path: undecodable bytes escaped, "::" runs escaped too.
+
+    "::" separates an archive's key from its member's name, so a plain file named
+    "a.tar::x.jpg" must not take the key of member x.jpg of a.tar: each colon of
+    a run of two or more is written "\\x3a", as undecodable bytes are.
+    """
+    return _COLON_RUN.sub(lambda run: "\\x3a" * len(run.group()), escape_undecodable(path))
 
 
 def archive_kind(name: str) -> str | None:
@@ -99,18 +109,6 @@ def expand_braces(pattern: str) -> list[str]:
 def _open_readonly(path: str) -> int:
     # O_NONBLOCK: opening a FIFO that happens to be named x.jpg must not hang the run.
     return os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-
-
-def _describe_os_error(exc: OSError) -> str:
-    if exc.errno == errno.ELOOP:
-        return "symlink loop"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    if exc.errno == errno.ENOENT:
-        return "no such file or directory"
-    if exc.errno == errno.ENAMETOOLONG:
-        return "file name too long"
-    return f"cannot read: {exc.strerror or exc}"
 
 
 def _file_kind(mode: int) -> str:
@@ -186,7 +184,7 @@ class _Reader:
         try:
             fd = _open_readonly(path)
         except OSError as exc:
-            return None, _describe_os_error(exc)
+            return None, describe_os_error(exc)
         try:
             mode_size = os.fstat(fd)
             if not stat.S_ISREG(mode_size.st_mode):
@@ -204,7 +202,7 @@ class _Reader:
                     return None, f"file too large: over limit {self.max_bytes} bytes"
             return b"".join(chunks), None
         except OSError as exc:
-            return None, _describe_os_error(exc)
+            return None, describe_os_error(exc)
         finally:
             os.close(fd)
 
@@ -241,11 +239,11 @@ class _Reader:
             yield from self._explicit(path)
 
     def _explicit(self, path: str) -> Iterator[SourceItem]:
-        key = escape_undecodable(str(Path(path)))
+        key = path_key(str(Path(path)))
         try:
             mode = os.stat(path).st_mode
         except OSError as exc:
-            reason = _describe_os_error(exc)
+            reason = describe_os_error(exc)
             if exc.errno == errno.ENOENT and os.path.islink(path):
                 reason = "broken symlink"
             yield from self._error(key, reason, path)
@@ -262,7 +260,7 @@ class _Reader:
         try:
             top_stat = os.stat(top)
         except OSError as exc:
-            yield from self._error(top_key, _describe_os_error(exc), top)
+            yield from self._error(top_key, describe_os_error(exc), top)
             return
         # Depth-first over sorted names; `ancestors` catches symlinks back up the tree.
         root = {(top_stat.st_dev, top_stat.st_ino)}
@@ -278,7 +276,7 @@ class _Reader:
                 continue
             path = os.path.join(directory, entry)
             relative = f"{relative_dir}{entry}"
-            key = escape_undecodable(os.path.join(top_key, relative))
+            key = path_key(os.path.join(top_key, relative))
             try:
                 entry_stat = os.stat(path)
             except OSError as exc:
@@ -287,7 +285,7 @@ class _Reader:
                 elif self._has_image_extension(entry) and self._matches_glob(relative):
                     broken = exc.errno == errno.ENOENT and os.path.islink(path)
                     yield from self._error(
-                        key, "broken symlink" if broken else _describe_os_error(exc), path
+                        key, "broken symlink" if broken else describe_os_error(exc), path
                     )
                 continue
             mode = entry_stat.st_mode
@@ -314,9 +312,7 @@ class _Reader:
             return sorted(os.listdir(directory))
         except OSError as exc:
             return [
-                SourceItem(
-                    key, directory, None, f"cannot list directory: {_describe_os_error(exc)}"
-                )
+                SourceItem(key, directory, None, f"cannot list directory: {describe_os_error(exc)}")
             ]
 
     # -- archives ------------------------------------------------------------------------
@@ -325,130 +321,21 @@ class _Reader:
         return self._has_image_extension(name) and self._matches_glob(name)
 
     def _archive(self, path: str, key: str) -> Iterator[SourceItem]:
-        read = self._zip if archive_kind(path) == "zip" else self._tar
-        try:
-            yield from read(path, key)
-        except Exception as exc:
-            # Hostile headers reach parser code paths nobody foresaw (fuzzing found
-            # an empty zip member name crashing zipfile's is_dir); whatever breaks
-            # ends this archive with an error row, never the run.
-            yield from self._error(key, f"corrupt archive: {_short(exc)}", path)
+        def wanted(name: str) -> bool:
+            # Checked before a member's bytes are read; a later copy of a name is skipped.
+            return self._wanted_member(name) and _member_key(key, name) not in self.seen
 
-    def _tar(self, path: str, key: str) -> Iterator[SourceItem]:
-        # Stream mode ("r|*"): one pass, members in archive order, nothing seekable
-        # kept in memory, compressed or not. Member bytes are read only when wanted.
-        try:
-            archive = tarfile.open(name=path, mode="r|*")
-        except OSError as exc:
-            yield from self._error(key, _describe_os_error(exc), path)
-            return
-        except Exception as exc:
-            yield from self._error(key, f"not a readable tar archive: {_short(exc)}", path)
-            return
-        with archive:
-            members = iter(archive)
-            while True:
-                try:
-                    member = next(members)
-                except StopIteration:
-                    if _ended_without_marker(archive):
-                        # tarfile takes a cut inside (or right before) a header for the
-                        # end: without this row the members after the cut vanish silently.
-                        yield from self._error(
-                            key,
-                            "corrupt tar archive: truncated (no end-of-archive marker)",
-                            path,
-                        )
-                    return
-                except Exception as exc:
-                    yield from self._error(key, f"corrupt tar archive: {_short(exc)}", path)
-                    return
-                if member.isdir() or not self._wanted_member(member.name):
-                    continue
-                member_key = f"{key}{KEY_SEPARATOR}{escape_undecodable(member.name)}"
-                if member_key in self.seen:
-                    continue  # a later copy of a name: the first one wins
-                if member.issym() or member.islnk():
-                    yield from self._error(member_key, "archive member is a link, not a file")
-                    continue
-                if not member.isreg():
-                    yield from self._error(member_key, "archive member is not a regular file")
-                    continue
-                if member.size > self.max_bytes:
-                    yield from self._error(
-                        member_key,
-                        f"archive member too large: {member.size} bytes > limit {self.max_bytes}",
-                    )
-                    continue
-                try:
-                    reader = archive.extractfile(member)
-                    data = reader.read() if reader is not None else b""
-                except Exception as exc:
-                    yield from self._error(member_key, f"cannot read archive member: {_short(exc)}")
-                    continue
-                yield from self._item(member_key, None, data, None)
-
-    def _zip(self, path: str, key: str) -> Iterator[SourceItem]:
-        try:
-            archive = zipfile.ZipFile(path)
-        except OSError as exc:
-            yield from self._error(key, _describe_os_error(exc), path)
-            return
-        except Exception as exc:
-            yield from self._error(key, f"not a readable zip archive: {_short(exc)}", path)
-            return
-        with archive:
-            for info in archive.infolist():  # central-directory order
-                # Not info.is_dir(): it raises IndexError on an empty member name.
-                if info.filename.endswith("/") or not self._wanted_member(info.filename):
-                    continue
-                member_key = f"{key}{KEY_SEPARATOR}{escape_undecodable(info.filename)}"
-                if member_key in self.seen:
-                    continue
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    yield from self._error(member_key, "archive member is a link, not a file")
-                    continue
-                if info.flag_bits & 0x1:
-                    yield from self._error(member_key, "archive member is encrypted")
-                    continue
-                if info.file_size > self.max_bytes:
-                    yield from self._error(
-                        member_key,
-                        f"archive member too large: {info.file_size} bytes > limit {self.max_bytes}",
-                    )
-                    continue
-                try:
-                    with archive.open(info) as reader:
-                        # The declared size can lie; never read past the cap.
-                        data = reader.read(self.max_bytes + 1)
-                except Exception as exc:
-                    yield from self._error(member_key, f"corrupt archive member: {_short(exc)}")
-                    continue
-                if len(data) > self.max_bytes:
-                    yield from self._error(
-                        member_key, f"archive member too large: over limit {self.max_bytes} bytes"
-                    )
-                    continue
-                yield from self._item(member_key, None, data, None)
+        for member in read_archive(path, archive_kind(path) or "tar", wanted, self.max_bytes):
+            if member.name is None:  # about the archive itself
+                yield from self._error(key, member.error or "corrupt archive", path)
+            else:
+                yield from self._item(
+                    _member_key(key, member.name), None, member.data, member.error
+                )
 
 
-def _ended_without_marker(archive: tarfile.TarFile) -> bool:
-    """Whether a finished tar stream lacked the zero block that ends every tar.
-
-    tarfile reads a whole 512-byte block for each header; at a proper end that
-    block is zeros and the stream stands a full block past the last member.
-    Short of that, the file was cut at or inside a header.
-    """
-    try:
-        position = archive.fileobj.tell()  # decompressed position in stream mode
-        return position - archive.offset < tarfile.BLOCKSIZE
-    except (AttributeError, OSError, ValueError):
-        return False  # cannot tell: do not invent an error
-
-
-def _short(exc: BaseException) -> str:
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return message if len(message) <= 120 else message[:117] + "..."
+def _member_key(archive_key: str, name: str) -> str:
+    return f"{archive_key}{KEY_SEPARATOR}{escape_undecodable(name)}"
 
 
 def read_list(from_list: str | Path) -> Iterator[str]:
@@ -463,7 +350,7 @@ def read_list(from_list: str | Path) -> Iterator[str]:
     try:
         stream = open(from_list, "rb")  # closed by the with below
     except OSError as exc:
-        raise UsageError(f"cannot read list file {from_list}: {_describe_os_error(exc)}") from None
+        raise UsageError(f"cannot read list file {from_list}: {describe_os_error(exc)}") from None
     with stream:
         yield from _list_lines(stream)
 

@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from tests import bombfiles
 from tests.io_fixtures import HEIC_BYTES, HTML_BYTES, encode, gradient, marker_image, png_bytes
 from tests.io_fixtures import png_header_only as huge_png_header
 
@@ -156,6 +157,64 @@ def _tar_with_symlink_member() -> bytes:
     return buffer.getvalue()
 
 
+def _add_costly_and_cut_images(add) -> None:
+    """Issue 18: files that cost far more than their size, and image data that ends early."""
+    add(
+        "half-rows.png",
+        "PNG whose image data stops after half the rows (valid chunks)",
+        "error: truncated PNG (image data ends at 50% of the rows)",
+        bombfiles.png_short_stream(),
+    )
+    add(
+        "dc-only.jpg",
+        "progressive JPEG holding only its DC scan",
+        "error: truncated JPEG (progressive scans end before full detail)",
+        bombfiles.jpeg_dc_only(),
+    )
+    add(
+        "many-scans.jpg",
+        "progressive JPEG with 600 scans",
+        "error: JPEG has too many scans",
+        bombfiles.jpeg_many_scans(600, (256, 192)),
+    )
+    add(
+        "row-130000000x1.png",
+        "PNG of 130,000,000x1 (126 KB)",
+        "error: image needs too much memory to decode",
+        bombfiles.png_row_bomb(),
+    )
+    add(
+        "screen.gif",
+        "GIF: 3000x3000 screen, one transparent 1x1 frame (43 bytes)",
+        OK,
+        bombfiles.gif_screen_bomb(3000, 3000),
+    )
+
+
+def _add_key_and_stream_cases(root: Path, png: bytes) -> list[CorpusEntry]:
+    """Issue 18: a file named like an archive member, a tar.gz cut inside its gzip header."""
+    entries: list[CorpusEntry] = []
+    # A plain file named like a member of bad.tar: its own row, "::" escaped in its key.
+    (root / "bad.tar::good.png").write_bytes(png)
+    entries.append(
+        CorpusEntry("bad.tar\\x3a\\x3agood.png", "file named like an archive member", OK)
+    )
+    gz = io.BytesIO()
+    with tarfile.open(fileobj=gz, mode="w:gz") as archive:
+        info = tarfile.TarInfo("x.png")
+        info.size = len(png)
+        archive.addfile(info, io.BytesIO(png))
+    (root / "cut-header.tar.gz").write_bytes(gz.getvalue()[:6])
+    entries.append(
+        CorpusEntry(
+            "cut-header.tar.gz",
+            "tar.gz cut inside its gzip header",
+            "error: not a readable tar archive: truncated gzip stream (cut inside its header)",
+        )
+    )
+    return entries
+
+
 def make_corpus(directory: str | Path) -> list[CorpusEntry]:
     """Write the corpus into `directory` (created) and return one entry per row."""
     root = Path(directory)
@@ -195,6 +254,7 @@ def make_corpus(directory: str | Path) -> list[CorpusEntry]:
     svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
     add("drawing.svg.png", "SVG named .png", "error: unsupported image format (SVG)", svg)
     add("noise.jpg", "random bytes named .jpg", "error: unsupported image format", NOISE)
+    _add_costly_and_cut_images(add)
 
     # -- odd but valid images -------------------------------------------------------------
     add("png-named.jpg", "PNG under a .jpg extension", OK, png)
@@ -258,6 +318,7 @@ def make_corpus(directory: str | Path) -> list[CorpusEntry]:
             "links.tar::passwd.png", "tar symlink member (to /etc/passwd)", "error: archive member"
         )
     )
+    entries += _add_key_and_stream_cases(root, png)
     (root / "fake.zip").write_bytes(b"PK\x03\x04 this is no zip")
     entries.append(CorpusEntry("fake.zip", "not a zip, named .zip", "error: not a readable zip"))
     return entries

@@ -262,3 +262,36 @@ def test_mutated_images_only_ever_raise_input_decode_error():
             assert str(exc) and "\n" not in str(exc) and len(str(exc)) < 200
             outcomes.add("error")
     assert outcomes == {"ok", "error"}
+
+
+def test_jpeg_scan_work_limit_counts_blocks_over_all_scans(monkeypatch):
+    from capbatch import decode_limits
+
+    data = encode(gradient((320, 240)), "JPEG", progressive=True)
+    facts = decode_limits.read_jpeg(data)
+    # 320x240 4:2:0: 1200 luma blocks + 2 x 300 chroma blocks; libjpeg writes 10 scans.
+    assert sum(facts.blocks.values()) == 1800 and facts.scans == 10 and facts.complete()
+    monkeypatch.setattr(decode_limits, "MAX_JPEG_SCAN_BLOCKS", facts.scan_blocks - 1)
+    assert reason_for(data).startswith("JPEG too costly to decode: 10 scans over 1800 blocks")
+    monkeypatch.setattr(decode_limits, "MAX_JPEG_SCAN_BLOCKS", facts.scan_blocks)
+    assert decode_image(data, SPEC).width == 320
+
+
+@pytest.mark.filterwarnings("ignore:Image was not the expected size")  # Pillow finds out late
+def test_ico_entries_are_sized_from_their_own_headers():
+    from tests.bombfiles import ico_png_bomb
+
+    data = ico_png_bomb(300)  # the directory says 256x256
+    assert reason_for(data, max_pixels=256 * 256) == (
+        "image too large: 90000 pixels > limit 65536"
+    )
+    assert (decode_image(data, SPEC).width, decode_image(data, SPEC).height) == (300, 300)
+
+
+def test_memory_budget_is_per_call_and_names_the_image():
+    data = encode(solid(RED, (400, 300)), "PNG")
+    assert reason_for(data, max_decode_bytes=100_000).startswith(
+        "image needs too much memory to decode: about 2.3 MiB > limit 0.1 MiB (400x300 PNG mode RGB)"
+    )
+    with pytest.raises(ValueError):
+        decode_image(data, SPEC, max_decode_bytes=0)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from capbatch import preprocess
 from capbatch.preprocess import PreprocessSpec, preprocess_image, resize, to_rgb, upright_size
 from tests.io_fixtures import RED, WHITE, encode, marker_image
 
@@ -111,3 +112,46 @@ def test_broken_exif_keeps_the_image():
     image.info["exif"] = b"Exif\x00\x00garbage"
     assert upright_size(image) == (10, 20)
     assert to_rgb(image).size == (10, 20)
+
+
+def _all_modes(size=(97, 61)) -> dict[str, Image.Image]:
+    rng = np.random.default_rng(3)
+    width, height = size
+    rgb = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    floats = rng.normal(size=(height, width)).astype(np.float32)
+    floats[3, 3], floats[5, 5] = np.nan, np.inf
+    keyed = rgb.convert("P")
+    keyed.info["transparency"] = 3
+    return {
+        "RGB": rgb,
+        "L": rgb.convert("L"),
+        "1": rgb.convert("1"),
+        "P+tRNS": keyed,
+        "RGBA": Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8)),
+        "LA": rgb.convert("LA"),
+        "CMYK": rgb.convert("CMYK"),
+        "YCbCr": rgb.convert("YCbCr"),
+        "I;16": Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16)),
+        "I 8-bit": Image.fromarray(rng.integers(-9, 256, (height, width), dtype=np.int32)),
+        "I 16-bit": Image.fromarray(rng.integers(-9, 65536, (height, width), dtype=np.int32)),
+        "I wide": Image.fromarray(rng.integers(-9, 10**7, (height, width), dtype=np.int32)),
+        "F": Image.fromarray(floats),
+    }
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        PreprocessSpec(size=32),
+        PreprocessSpec(size=48, resize="center_crop", interpolation="bicubic"),
+        PreprocessSpec(size=40, interpolation="nearest"),
+    ],
+)
+def test_band_by_band_preprocessing_gives_the_whole_image_pixels(monkeypatch, spec):
+    # Tiny bands (a few rows each): conversions and the horizontal pass run per band,
+    # with whole-image statistics (int peak, float range) read before the first one.
+    monkeypatch.setattr(preprocess, "BAND_BYTES", 4 * 97 * 7)
+    for name, image in _all_modes().items():
+        whole = resize(to_rgb(image), spec)  # one conversion, one resize call
+        banded = preprocess_image(image, spec)
+        assert np.array_equal(whole, banded), name
