@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from capbatch.training.checkpoint import load_checkpoint, model_from_checkpoint
+from capbatch.training.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 
 from capbatch.errors import BundleError, ExportError
 from capbatch.manifest import open_verified, sha256_file
@@ -87,7 +87,7 @@ def export_bundle(
     out_dir = Path(out_dir)
     targets = [out_dir] + [variant_dir(out_dir, v) for v, on in zip(VARIANTS, (fp16, int8)) if on]
     _check_arguments(name, opset, targets, overwrite)
-    ckpt_path = Path(ckpt_path)
+    ckpt_path = resolve_checkpoint(ckpt_path)
     checkpoint = load_checkpoint(ckpt_path)
     model = export_copy(model_from_checkpoint(checkpoint))
     config = model.config

@@ -110,7 +110,9 @@ def evaluate(options: EvalOptions) -> dict:
     score it; write the JSON report and every prediction (JSONL) if asked.
 
     On a generated-scenes dataset, evaluating "test" also reports "test_novel"
-    (held-out combinations), each with its own semantic accuracy.
+    (held-out combinations) and "test_renderer" (scenes drawn by the independent
+    renderer, training/scenes_sdf.py) where the dataset has them, each with its
+    own semantic accuracy.
     """
     checkpoint = resolve_checkpoint(options.checkpoint)
     device = pick_device(options.device, Distributed())
@@ -122,8 +124,8 @@ def evaluate(options: EvalOptions) -> dict:
         group_by = data.get("extra", {}).get("options", {}).get("group_by", "")
     dataset = read_dataset(options.data, group_by=group_by)
     splits = [options.split]
-    if dataset.scenes_file and options.split == "test" and "test_novel" in dataset.splits:
-        splits.append("test_novel")
+    if dataset.scenes_file and options.split == "test":
+        splits += [name for name in ("test_novel", "test_renderer") if name in dataset.splits]
     cache_root = options.cache_dir or checkpoint.parent / "features"
     facts = scene_facts(dataset.root) if dataset.scenes_file else None
     report: dict = {
