@@ -192,14 +192,22 @@ def check_runtime_precision(
     }
     if record:
         gate(f"the {key} encoder", splits, force)
-        manifest = dict(read_manifest(bundle_dir).raw)
-        manifest[AGREEMENT_KEY] = {**manifest.get(AGREEMENT_KEY, {}), key: result}
-        write_manifest_atomic(bundle_dir, manifest)
+        record_runtime_agreement(bundle_dir, key, result)
     return result
 
 
+def record_runtime_agreement(bundle_dir: Path, key: str, result: Mapping) -> None:
+    """Add or replace runtime_agreement[key] in the manifest; every other key kept."""
+    manifest = dict(read_manifest(bundle_dir).raw)
+    manifest[AGREEMENT_KEY] = {**manifest.get(AGREEMENT_KEY, {}), key: dict(result)}
+    write_manifest_atomic(bundle_dir, manifest)
+
+
 def table(splits: Mapping[str, Mapping]) -> str:
-    rows = ["| split | images | identical | agreement | min | passed |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| split | images | identical | agreement | min | passed |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in splits.items():
         rows.append(
             f"| {name} | {s['images']} | {s['same']} | {s['agreement']:.1%} "
@@ -240,7 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(result["splits"]))
     for name, split in result["splits"].items():
         for example in split["examples"]:
-            print(f"  {name} {example['image']}: {example['reference']!r} -> {example['candidate']!r}")
+            print(
+                f"  {name} {example['image']}: {example['reference']!r} -> {example['candidate']!r}"
+            )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return 0 if result["passed"] else 1
