@@ -143,12 +143,12 @@ def write_variant_bundle(fp32_dir: Path, out_dir: Path, encoder: Path, record: d
 
 def calibration_images(scenes: Path, spec, n: int, seed: int = 0) -> np.ndarray:
     """n training-split scenes (seeded choice), never a held-out split."""
-    from .precision import _load
+    from .precision import load_images
 
     train = json.loads((Path(scenes) / "splits.json").read_text(encoding="utf-8"))["train"]
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(train), size=min(n, len(train)), replace=False).tolist())
-    return _load([Path(scenes) / "images" / train[i] for i in chosen], spec)
+    return load_images([Path(scenes) / "images" / train[i] for i in chosen], spec)
 
 
 def iter_plans(plans: Sequence[str], methods: Sequence[str]) -> Iterator[tuple[str, str]]:

@@ -62,7 +62,7 @@ class ImageSet:
     pixels: np.ndarray  # (N, S, S, 3) uint8
 
 
-def _load(paths: Sequence[Path], spec: PreprocessSpec) -> np.ndarray:
+def load_images(paths: Sequence[Path], spec: PreprocessSpec) -> np.ndarray:
     arrays = []
     for path in paths:
         with Image.open(path) as image:
@@ -85,10 +85,10 @@ def held_out_sets(
         for split in splits:
             names = tuple(listed[split][:limit])
             paths = [Path(scenes) / "images" / name for name in names]
-            sets.append(ImageSet(split, names, _load(paths, spec)))
+            sets.append(ImageSet(split, names, load_images(paths, spec)))
     if samples is not None:
         paths = sorted(p for p in Path(samples).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        sets.append(ImageSet("samples", tuple(p.name for p in paths), _load(paths, spec)))
+        sets.append(ImageSet("samples", tuple(p.name for p in paths), load_images(paths, spec)))
     return sets
 
 

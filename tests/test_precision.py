@@ -131,3 +131,23 @@ def test_missing_openvino_is_one_line(tmp_path, monkeypatch):
         load_bundle(bundle, device="cpu", encoder_runtime="openvino", precision="f32")
     message = str(raised.value)
     assert "\n" not in message and "pip install 'capbatch[openvino]'" in message
+
+
+def test_int8_plans_keep_sensitive_nodes_float():
+    import onnx
+
+    from capbatch.bundle import DEFAULT_BUNDLE_DIR
+    from capbatch.export.int8_static import SENSITIVE_PREFIXES, convs_to_quantize
+
+    model = onnx.load(str(DEFAULT_BUNDLE_DIR / "encoder.onnx"), load_external_data=False)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    everything, pointwise = convs_to_quantize(model, "all"), convs_to_quantize(model, "pointwise")
+    assert set(convs) - set(everything) == {
+        "/encoder/stages.0/stages.0.0/Conv",  # the stem sees the normalised image
+        "/encoder/stages.7/stages.7.0/Conv",  # the 1280-channel head feeds every region
+    }
+    assert set(pointwise) < set(everything)
+    assert not any("conv_dw" in name for name in pointwise)
+    assert not any(name.startswith(SENSITIVE_PREFIXES) for name in everything)
+    with pytest.raises(ValueError, match="plan must be one of"):
+        convs_to_quantize(model, "everything")
