@@ -135,9 +135,9 @@ def test_missing_openvino_is_one_line(tmp_path, monkeypatch):
 
 def test_int8_plans_keep_sensitive_nodes_float():
     import onnx
+    from capbatch.export.int8_static import SENSITIVE_PREFIXES, convs_to_quantize
 
     from capbatch.bundle import DEFAULT_BUNDLE_DIR
-    from capbatch.export.int8_static import SENSITIVE_PREFIXES, convs_to_quantize
 
     model = onnx.load(str(DEFAULT_BUNDLE_DIR / "encoder.onnx"), load_external_data=False)
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
