@@ -9,15 +9,22 @@ and feature taps (AveragePool), the position features and feature concat, and th
 final projections (U, init_h, init_c). Only Conv is quantised; `plan` chooses
 which convs (see QUANT_PLANS).
 
-Each candidate becomes a variant bundle (`<out>-int8s-<plan>`) gated by
-export/precision.py on held-out splits; `placement` reports where the QDQ pairs
-landed and whether onnxruntime fused them, so a slow or unfused graph is visible.
+Each candidate is gated by export/precision.py on the held-out splits and
+written as a variant bundle (`<out>-int8s-<plan>-<method>`, its manifest's
+`validation` holding the per-split agreement) only if it passes (or with
+--force, recorded as failing); `placement` reports where the QDQ pairs landed
+and what onnxruntime fused them into, so a slow or unfused graph is visible.
+
+    python -m capbatch.export.int8_static --bundle capbatch/models/default \
+        --out /tmp/pv/int8/default --scenes /tmp/pv/scenes --samples samples \
+        --plans all,pointwise --methods minmax,percentile
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -115,6 +122,7 @@ def placement(path: Path) -> dict:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     optimized = path.with_name(path.stem + ".optimized.onnx")
     options.optimized_model_filepath = str(optimized)
+    options.log_severity_level = 3  # not the "hardware specific optimizations" warning
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     fused = Counter(n.op_type for n in onnx.load(str(optimized)).graph.node)
     optimized.unlink()
@@ -151,7 +159,83 @@ def calibration_images(scenes: Path, spec, n: int, seed: int = 0) -> np.ndarray:
     return load_images([Path(scenes) / "images" / train[i] for i in chosen], spec)
 
 
+def build_and_gate(
+    bundle: Path, out: Path, scenes: Path, samples: Path | None, *, plan: str, method: str,
+    calibration: int = 256, force: bool = False,
+) -> dict:
+    """Quantise, measure on the held-out splits, write the variant bundle only if it passes."""
+    from capbatch.bundle import load_bundle
+
+    from .precision import failing_splits, gate, held_out_sets, measure_agreement
+
+    spec = read_manifest(bundle).preprocess
+    variant = f"int8s-{plan}-{method}"
+    target = out.parent / f"{out.name}-{variant}"
+    with tempfile.TemporaryDirectory() as work:
+        encoder = Path(work) / "encoder.onnx"
+        nodes = quantize_encoder(
+            bundle / "encoder.onnx", encoder, calibration_images(scenes, spec, calibration),
+            plan=plan, method=method,
+        )  # fmt: skip
+        staged = write_variant_bundle(bundle, Path(work) / "bundle", encoder, {"variant": variant})
+        splits = measure_agreement(
+            load_bundle(bundle, device="cpu"),
+            load_bundle(staged, device="cpu"),
+            held_out_sets(spec, scenes, samples),
+        )
+        record = {
+            "variant": variant,
+            "reference": "onnxruntime-f32",
+            "quantised_convs": len(nodes),
+            "calibration": {"split": "train", "images": calibration, "method": method},
+            "placement": placement(encoder),
+            "splits": splits,
+            "passed": not failing_splits(splits),
+            "forced": bool(force and failing_splits(splits)),
+        }
+        gate(f"the {variant} encoder", splits, force)  # refused: nothing is written
+        write_variant_bundle(bundle, target, encoder, record)
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from capbatch.errors import CapbatchError
+
+    from .precision import table
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="variants go to OUT-int8s-*")
+    parser.add_argument("--scenes", type=Path, required=True)
+    parser.add_argument("--samples", type=Path)
+    parser.add_argument("--plans", default="pointwise", help=f"comma list of {QUANT_PLANS}")
+    parser.add_argument("--methods", default="percentile", help="comma list: minmax,percentile")
+    parser.add_argument("--calibration", type=int, default=256, help="training images")
+    parser.add_argument("--force", action="store_true", help="write failing variants too")
+    args = parser.parse_args(argv)
+    status = 0
+    for plan, method in iter_plans(args.plans.split(","), args.methods.split(",")):
+        try:
+            record = build_and_gate(
+                args.bundle, args.out, args.scenes, args.samples, plan=plan, method=method,
+                calibration=args.calibration, force=args.force,
+            )  # fmt: skip
+            print(f"{record['variant']}: {record['placement']}")
+            print(table(record["splits"]))
+        except CapbatchError as exc:
+            print(f"capbatch: error: {exc}", file=sys.stderr)
+            status = 2
+    return status
+
+
 def iter_plans(plans: Sequence[str], methods: Sequence[str]) -> Iterator[tuple[str, str]]:
     for plan in plans:
         for method in methods:
             yield plan, method
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
