@@ -166,7 +166,7 @@ def build_and_gate(
     """Quantise, measure on the held-out splits, write the variant bundle only if it passes."""
     from capbatch.bundle import load_bundle
 
-    from .precision import failing_splits, gate, held_out_sets, measure_agreement
+    from .precision import failing_splits, gate, held_out_sets, measure_agreement, scene_truth
 
     spec = read_manifest(bundle).preprocess
     variant = f"int8s-{plan}-{method}"
@@ -182,6 +182,7 @@ def build_and_gate(
             load_bundle(bundle, device="cpu"),
             load_bundle(staged, device="cpu"),
             held_out_sets(spec, scenes, samples),
+            scene_truth(scenes, samples),
         )
         record = {
             "variant": variant,

@@ -101,8 +101,24 @@ def greedy_tokens(bundle: Bundle, pixels: np.ndarray, batch: int = BATCH) -> lis
     return tokens
 
 
-def measure_agreement(reference: Bundle, candidate: Bundle, sets: Sequence[ImageSet]) -> dict:
-    """Per split: images, identical captions, agreement, its threshold, a few differences."""
+def facts_right(bundle: Bundle, tokens: Sequence[tuple[int, ...]], files, truth) -> int:
+    """How many captions state their scene's true facts (capbatch.training.scenes' parser)."""
+    from capbatch.training.scenes import explain_mismatch
+
+    return sum(
+        explain_mismatch(bundle.vocab.decode(t), truth[name]) is None
+        for t, name in zip(tokens, files)
+    )
+
+
+def measure_agreement(
+    reference: Bundle, candidate: Bundle, sets: Sequence[ImageSet], truth: Mapping | None = None
+) -> dict:
+    """Per split: images, identical captions, agreement, its threshold, a few differences.
+
+    With truth (image name -> scene facts) also how many captions of each state the
+    facts right: whether the changed captions are paraphrases or errors.
+    """
     splits = {}
     for image_set in sets:
         ref = greedy_tokens(reference, image_set.pixels)
@@ -110,7 +126,14 @@ def measure_agreement(reference: Bundle, candidate: Bundle, sets: Sequence[Image
         differ = [i for i, (a, b) in enumerate(zip(ref, got)) if a != b]
         n = len(ref)
         agreement = (n - len(differ)) / n if n else 0.0
+        facts = {}
+        if truth is not None and all(name in truth for name in image_set.files):
+            facts["facts_right"] = {
+                "reference": facts_right(reference, ref, image_set.files, truth),
+                "candidate": facts_right(candidate, got, image_set.files, truth),
+            }
         splits[image_set.name] = {
+            **facts,
             "images": n,
             "same": n - len(differ),
             "agreement": round(agreement, 4),
@@ -164,6 +187,7 @@ def check_runtime_precision(
     record: bool = False,
     force: bool = False,
     threads: int | None = None,
+    truth: Mapping | None = None,
 ) -> dict:
     """Measure (runtime, precision) on bundle_dir against onnxruntime f32; record it if asked.
 
@@ -181,7 +205,7 @@ def check_runtime_precision(
         precision=choice[1],
         require_agreement=False,
     )
-    splits = measure_agreement(reference, candidate, sets)
+    splits = measure_agreement(reference, candidate, sets, truth)
     result = {
         "reference": "onnxruntime-f32",
         "encoder_sha256": reference.manifest.files[reference.manifest.encoder.file],
@@ -205,15 +229,28 @@ def record_runtime_agreement(bundle_dir: Path, key: str, result: Mapping) -> Non
 
 def table(splits: Mapping[str, Mapping]) -> str:
     rows = [
-        "| split | images | identical | agreement | min | passed |",
-        "|---|---|---|---|---|---|",
+        "| split | images | identical | agreement | min | passed | facts right (ref / cand) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, s in splits.items():
+        facts = s.get("facts_right")
+        right = f"{facts['reference']} / {facts['candidate']}" if facts else "-"
         rows.append(
             f"| {name} | {s['images']} | {s['same']} | {s['agreement']:.1%} "
-            f"| {s['min_agreement']:.0%} | {'yes' if s['passed'] else 'NO'} |"
+            f"| {s['min_agreement']:.0%} | {'yes' if s['passed'] else 'NO'} | {right} |"
         )
     return "\n".join(rows)
+
+
+def scene_truth(scenes: Path | None, samples: Path | None) -> dict | None:
+    """image name -> true facts, where the folders are scenes (scenes.jsonl beside them)."""
+    from capbatch.training.scenes import load_scene_facts
+
+    truth = {}
+    for folder in (scenes, samples):
+        if folder is not None and (Path(folder) / "scenes.jsonl").is_file():
+            truth.update(load_scene_facts(folder))
+    return truth or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = read_manifest(args.bundle).preprocess
         sets = held_out_sets(spec, args.scenes, args.samples, limit=args.limit)
+        truth = scene_truth(args.scenes, args.samples)
         result = check_runtime_precision(
             args.bundle,
             args.runtime,
@@ -240,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             record=args.record,
             force=args.force,
             threads=args.threads,
+            truth=truth,
         )
     except CapbatchError as exc:
         print(f"capbatch: error: {exc}", file=sys.stderr)
