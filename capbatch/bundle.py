@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .decoding import ArrayStepModel, RowState, StepModel, StepOutput
-from .encoder_runtime import check_agreement, create_encoder, is_reference
+from .encoder_runtime import REFERENCE, check_agreement, create_encoder
 from .errors import BundleError, MissingDependencyError, UsageError
 from .manifest import MANIFEST_FILE, GraphEntry, Manifest, VerifiedBundle, open_verified
 from .preprocess import PreprocessSpec
@@ -342,16 +342,10 @@ def bundle_facts(path: str | Path | None = None) -> BundleFacts:
 
 
 def _create_sessions(
-    verified: VerifiedBundle,
-    device: str,
-    intra_op_threads: int | None,
-    encoder_choice: tuple[EncoderRuntime, Precision] = (EncoderRuntime.onnxruntime, Precision.f32),
+    verified: VerifiedBundle, device: str, intra_op_threads: int | None, encoder_choice=REFERENCE
 ):
-    """Both sessions from the verified bytes; also returns the providers asked for.
-
-    With encoder_choice (openvino, ...) the encoder is compiled by OpenVINO from
-    the same verified bytes and only the step graph gets an onnxruntime session.
-    """
+    """Both sessions from the verified bytes (the encoder's by OpenVINO when chosen);
+    also returns the providers asked for."""
     ort = import_onnxruntime()
     requested = choose_providers(device, ort.get_available_providers())
     if CUDA in requested and hasattr(ort, "preload_dlls"):
@@ -415,7 +409,7 @@ def load_bundle(
     verified = open_verified(bundle_dir)  # schema, links, sha256, external data: before sessions
     manifest = verified.manifest
     vocab = _parse_vocab(verified)
-    if require_agreement and not is_reference(*choice):
+    if require_agreement:
         check_agreement(manifest, *choice)  # before compiling anything
     (encoder, step), requested = _create_sessions(verified, device, intra_op_threads, choice)
     check_graph_io(manifest.encoder, encoder, ENCODER_INPUTS, ENCODER_OUTPUTS)
