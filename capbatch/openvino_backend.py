@@ -13,6 +13,7 @@ and recorded for this very graph (capbatch/encoder_runtime.py).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,8 +68,9 @@ def _port_info(port) -> PortInfo:
 class OpenVinoEncoder:
     """A compiled OpenVINO model with onnxruntime's run/get_inputs/get_outputs.
 
-    One infer request, reused: Bundle.encode runs chunks one after another. Outputs
-    are copied out of OpenVINO's buffers, which the next call overwrites.
+    One infer request, reused and locked: an onnxruntime session may be run from
+    several threads at once, an OpenVINO infer request may not. Outputs are copied
+    out of OpenVINO's buffers, which the next call overwrites.
     """
 
     def __init__(self, model_bytes: bytes, precision: str, threads: int | None = None):
@@ -92,6 +94,7 @@ class OpenVinoEncoder:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BundleError(f"openvino cannot load the encoder: {first}") from exc
         self._request = self._compiled.create_infer_request()
+        self._lock = threading.Lock()
         self._inputs = [_port_info(p) for p in self._compiled.inputs]
         self._outputs = [_port_info(p) for p in self._compiled.outputs]
         self.precision = precision
@@ -107,6 +110,7 @@ class OpenVinoEncoder:
         return [f"OpenVINO-CPU-{self.precision}"]
 
     def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        results = self._request.infer(feeds)
-        by_name = {port.get_any_name(): value for port, value in results.items()}
-        return [np.array(by_name[name], copy=True) for name in output_names]
+        with self._lock:
+            results = self._request.infer(feeds)
+            by_name = {port.get_any_name(): value for port, value in results.items()}
+            return [np.array(by_name[name], copy=True) for name in output_names]

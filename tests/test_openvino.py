@@ -78,3 +78,16 @@ def test_precision_tool_measures_a_folder(tmp_path, capsys):
     assert code == 0, printed
     assert "| samples | 4 | 4 | 100.0% | 97% | yes |" in printed
     assert out.is_file() and "runtime_agreement" not in verify_bundle(bundle)  # not --record
+
+
+def test_openvino_encoder_is_safe_from_several_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    bundle = make_fake_bundle(tmp_path / "b")
+    model = load_bundle(bundle, device="cpu", encoder_runtime="openvino", require_agreement=False)
+    batches = [_images(3 + i) + i for i in range(6)]  # different shapes and contents
+    serial = [model.encode(b).features for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda b: model.encode(b).features, batches))
+    for want, got in zip(serial, parallel):
+        np.testing.assert_array_equal(got, want)
