@@ -99,6 +99,11 @@ class OpenVinoEncoder:
         self._outputs = [_port_info(p) for p in self._compiled.outputs]
         self.precision = precision
         self.version = ov.get_version()
+        # What OpenVINO actually runs (a CPU without bf16 support runs f32) and on
+        # what: kernels, hence numerics, differ between ISAs (AVX-512 BF16 vs AMX).
+        hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.effective_precision = getattr(hint, "get_type_name", hint.__str__)()
+        self.device_name = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
 
     def get_inputs(self) -> list[PortInfo]:
         return list(self._inputs)

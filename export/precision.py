@@ -210,6 +210,8 @@ def check_runtime_precision(
         "reference": "onnxruntime-f32",
         "encoder_sha256": reference.manifest.files[reference.manifest.encoder.file],
         "runtime_version": getattr(candidate.encoder, "version", None),
+        "effective_precision": getattr(candidate.encoder, "effective_precision", None),
+        "device": getattr(candidate.encoder, "device_name", None),
         "splits": splits,
         "passed": not failing_splits(splits),
         "forced": bool(force and failing_splits(splits)),

@@ -50,6 +50,7 @@ def test_a_recorded_passing_agreement_lets_the_loader_use_openvino(tmp_path):
     sets = [ImageSet("test", tuple(str(i) for i in range(10)), _images(10))]
     result = check_runtime_precision(bundle, "openvino", "f32", sets, record=True)
     assert result["passed"] and result["splits"]["test"]["agreement"] == 1.0
+    assert result["effective_precision"] == "f32" and result["device"]  # what actually ran
     assert verify_bundle(bundle)["runtime_agreement"]["openvino-f32"]["passed"] is True
     gated = load_bundle(bundle, device="cpu", encoder_runtime="openvino", precision="f32")
     assert isinstance(gated.encoder, OpenVinoEncoder)
