@@ -31,7 +31,7 @@ from PIL import Image
 from capbatch.bundle import Bundle, load_bundle
 from capbatch.decoding import DecodingOptions, greedy_decode
 from capbatch.encoder_runtime import AGREEMENT_KEY, agreement_key
-from capbatch.errors import CapbatchError, ExportError
+from capbatch.errors import CapbatchError, ExportError, UsageError
 from capbatch.manifest import MANIFEST_FILE, read_manifest
 from capbatch.preprocess import PreprocessSpec, preprocess_image
 from capbatch.providers import parse_encoder_runtime
@@ -157,6 +157,8 @@ def failing_splits(splits: Mapping[str, Mapping]) -> list[str]:
 
 def gate(what: str, splits: Mapping[str, Mapping], force: bool) -> bool:
     """True when every split passes; AgreementError naming the failures unless force."""
+    if not splits:  # nothing measured is no evidence, forced or not
+        raise AgreementError(f"{what}: no held-out images were measured")
     failing = failing_splits(splits)
     if failing and not force:
         detail = ", ".join(
@@ -195,6 +197,8 @@ def check_runtime_precision(
     with force it is recorded as failing ("passed": false), which the loader refuses.
     """
     choice = parse_encoder_runtime(runtime, precision, "cpu")
+    if not sets or not all(len(s.files) for s in sets):
+        raise UsageError("no held-out images to measure on: pass --scenes and/or --samples")
     key = agreement_key(*choice)
     reference = load_bundle(bundle_dir, device="cpu", intra_op_threads=threads)
     candidate = load_bundle(
@@ -213,7 +217,7 @@ def check_runtime_precision(
         "effective_precision": getattr(candidate.encoder, "effective_precision", None),
         "device": getattr(candidate.encoder, "device_name", None),
         "splits": splits,
-        "passed": not failing_splits(splits),
+        "passed": bool(splits) and not failing_splits(splits),
         "forced": bool(force and failing_splits(splits)),
     }
     if record:

@@ -59,6 +59,9 @@ def test_thresholds_are_per_split():
     assert "\n" not in message and "test 98.0% < 99%" in message and "val" not in message
     assert gate("forced", splits, force=True) is False
     assert gate("ok", {"test": _split("test", 99)}, force=False) is True
+    for force in (False, True):  # no images measured is never a pass
+        with pytest.raises(AgreementError, match="no held-out images"):
+            gate("nothing", {}, force=force)
 
 
 def test_a_bad_variant_is_measured_and_refused(tmp_path):
@@ -151,3 +154,13 @@ def test_int8_plans_keep_sensitive_nodes_float():
     assert not any(name.startswith(SENSITIVE_PREFIXES) for name in everything)
     with pytest.raises(ValueError, match="plan must be one of"):
         convs_to_quantize(model, "everything")
+
+
+def test_precision_tool_without_images_is_one_line(tmp_path, capsys):
+    from capbatch.export.precision import main
+
+    bundle = make_fake_bundle(tmp_path / "b")
+    assert main(["--bundle", str(bundle), "--record"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no held-out images" in err
+    assert "runtime_agreement" not in verify_bundle(bundle)
