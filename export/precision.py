@@ -289,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CapbatchError as exc:
         print(f"capbatch: error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, KeyError, ValueError) as exc:  # a scenes folder without its files
+        print(f"capbatch: error: held-out images: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     print(f"{args.runtime} {args.precision} vs onnxruntime f32 (greedy tokens identical):")
     print(table(result["splits"]))
     for name, split in result["splits"].items():

@@ -164,3 +164,15 @@ def test_precision_tool_without_images_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no held-out images" in err
     assert "runtime_agreement" not in verify_bundle(bundle)
+
+
+def test_precision_tool_with_a_broken_scenes_folder_is_one_line(tmp_path, capsys):
+    from capbatch.export.precision import main
+
+    bundle = make_fake_bundle(tmp_path / "b")
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    (scenes / "splits.json").write_text('{"val": ["gone.jpg"]}', encoding="utf-8")
+    assert main(["--bundle", str(bundle), "--scenes", str(scenes)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("capbatch: error: held-out images:")
