@@ -20,10 +20,19 @@ from typing import Any
 import numpy as np
 
 from .decoding import ArrayStepModel, RowState, StepModel, StepOutput
+from .encoder_runtime import REFERENCE, check_agreement, create_encoder
 from .errors import BundleError, MissingDependencyError, UsageError
 from .manifest import MANIFEST_FILE, GraphEntry, Manifest, VerifiedBundle, open_verified
 from .preprocess import PreprocessSpec
-from .providers import CUDA, choose_providers, cpu_thread_count, fallback_warning
+from .providers import (
+    CUDA,
+    EncoderRuntime,
+    Precision,
+    choose_providers,
+    cpu_thread_count,
+    fallback_warning,
+    parse_encoder_runtime,
+)
 from .vocab import Vocab
 
 DEFAULT_BUNDLE_DIR = Path(__file__).parent / "models" / "default"
@@ -82,9 +91,11 @@ class Bundle:
     path: Path
     manifest: Manifest
     vocab: Vocab
-    encoder: Any = field(repr=False)  # onnxruntime.InferenceSession
+    encoder: Any = field(repr=False)  # onnxruntime.InferenceSession or OpenVinoEncoder
     decoder_step: Any = field(repr=False)
     providers: list[str] = field(default_factory=list)  # what the sessions actually run
+    encoder_runtime: EncoderRuntime = EncoderRuntime.onnxruntime
+    precision: Precision = Precision.f32
     # From the manifest; plain fields so a benchmark can disable <end> (end_id = -1).
     preprocess: PreprocessSpec = field(init=False)
     max_len: int = field(init=False)
@@ -330,8 +341,11 @@ def bundle_facts(path: str | Path | None = None) -> BundleFacts:
     return BundleFacts(bundle_dir, manifest.model_id, manifest.preprocess)
 
 
-def _create_sessions(verified: VerifiedBundle, device: str, intra_op_threads: int | None):
-    """Both sessions from the verified bytes; also returns the providers asked for."""
+def _create_sessions(
+    verified: VerifiedBundle, device: str, intra_op_threads: int | None, encoder_choice=REFERENCE
+):
+    """Both sessions from the verified bytes (the encoder's by OpenVINO when chosen);
+    also returns the providers asked for."""
     ort = import_onnxruntime()
     requested = choose_providers(device, ort.get_available_providers())
     if CUDA in requested and hasattr(ort, "preload_dlls"):
@@ -342,6 +356,10 @@ def _create_sessions(verified: VerifiedBundle, device: str, intra_op_threads: in
     options = _session_options(ort, CUDA not in requested, intra_op_threads)
     sessions = []
     for graph in verified.manifest.graphs:
+        if graph.key == "encoder" and encoder_choice[0] is EncoderRuntime.openvino:
+            contents = verified.contents[graph.file]
+            sessions.append(create_encoder(*encoder_choice, contents, intra_op_threads))
+            continue
         try:
             with warnings.catch_warnings():
                 # onnxruntime warns about providers it lacks; we report the outcome once.
@@ -366,13 +384,23 @@ def load_bundle(
     *,
     warn: Callable[[str], None] = _stderr_warning,
     intra_op_threads: int | None = None,
+    encoder_runtime: str | EncoderRuntime = EncoderRuntime.onnxruntime,
+    precision: str | Precision = Precision.f32,
+    require_agreement: bool = True,
 ) -> Bundle:
     """Verify and open a bundle directory (None = the embedded default model).
 
     intra_op_threads: onnxruntime threads per CPU session (None = one per usable
     core). Beside a decode pool on the same cores, fewer can be faster: on 2
     cores with 2 decode threads, 1 gave 1.06x end to end (docs/benchmarks.md).
+
+    encoder_runtime/precision: who runs encoder.onnx ("onnxruntime" f32, or
+    "openvino" at "f32" or "bf16" on CPU, the capbatch[openvino] extra). Anything
+    but onnxruntime f32 needs a passing caption agreement recorded in the manifest
+    for this encoder (capbatch/encoder_runtime.py); require_agreement=False skips
+    that check, for the tool that measures it and for benchmarks.
     """
+    choice = parse_encoder_runtime(encoder_runtime, precision, device)
     if intra_op_threads is not None and (
         not isinstance(intra_op_threads, int) or intra_op_threads < 1
     ):
@@ -381,7 +409,9 @@ def load_bundle(
     verified = open_verified(bundle_dir)  # schema, links, sha256, external data: before sessions
     manifest = verified.manifest
     vocab = _parse_vocab(verified)
-    (encoder, step), requested = _create_sessions(verified, device, intra_op_threads)
+    if require_agreement:
+        check_agreement(manifest, *choice)  # before compiling anything
+    (encoder, step), requested = _create_sessions(verified, device, intra_op_threads, choice)
     check_graph_io(manifest.encoder, encoder, ENCODER_INPUTS, ENCODER_OUTPUTS)
     check_graph_io(manifest.decoder_step, step, STEP_INPUTS, STEP_OUTPUTS)
     _check_shapes(encoder, step, manifest.preprocess, vocab)
@@ -397,6 +427,8 @@ def load_bundle(
         encoder=encoder,
         decoder_step=step,
         providers=active,
+        encoder_runtime=choice[0],
+        precision=choice[1],
     )
 
 

@@ -67,3 +67,42 @@ def cpu_thread_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------- encoder runtime
+
+
+class EncoderRuntime(str, Enum):
+    """Who runs encoder.onnx. The decoder step always runs on onnxruntime."""
+
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"  # CPU only; the optional capbatch[openvino] extra
+
+
+class Precision(str, Enum):
+    f32 = "f32"
+    bf16 = "bf16"  # OpenVINO's inference precision hint; onnxruntime's CPU EP has none
+
+
+def parse_encoder_runtime(
+    runtime: str | EncoderRuntime, precision: str | Precision, device: str | Device = "auto"
+) -> tuple[EncoderRuntime, Precision]:
+    """Checked (runtime, precision) for the encoder; one UsageError line otherwise."""
+    try:
+        runtime = EncoderRuntime(getattr(runtime, "value", runtime))
+    except ValueError:
+        raise UsageError(
+            f"unknown encoder runtime {runtime!r}; choose onnxruntime or openvino"
+        ) from None
+    try:
+        precision = Precision(getattr(precision, "value", precision))
+    except ValueError:
+        raise UsageError(f"unknown precision {precision!r}; choose f32 or bf16") from None
+    if runtime is EncoderRuntime.onnxruntime and precision is not Precision.f32:
+        raise UsageError(
+            f"precision {precision.value} needs the openvino encoder runtime "
+            "(onnxruntime runs the encoder in f32)"
+        )
+    if runtime is EncoderRuntime.openvino and parse_device(device) is Device.cuda:
+        raise UsageError("the openvino encoder runtime runs on CPU; use --device cpu or auto")
+    return runtime, precision

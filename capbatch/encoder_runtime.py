@@ -1,0 +1,87 @@
+"""The encoder's runtime and precision, and the gate that allows a reduced one.
+
+A precision other than the reference (onnxruntime f32) runs the SAME encoder.onnx
+with different arithmetic, so it can change captions. It is only used when the
+bundle's manifest records, for this very graph (its sha256), that its greedy
+captions matched the reference on enough held-out images of every split
+(`runtime_agreement`, written by `python -m capbatch.export.precision`;
+docs/export.md). A runtime precision is gated like the fp16/int8 variant bundles,
+without shipping a second graph: the default bundle has no room for one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import BundleError
+from .manifest import Manifest
+from .providers import EncoderRuntime, Precision
+
+REFERENCE = (EncoderRuntime.onnxruntime, Precision.f32)
+AGREEMENT_KEY = "runtime_agreement"
+
+
+def agreement_key(runtime: EncoderRuntime, precision: Precision) -> str:
+    return f"{runtime.value}-{precision.value}"
+
+
+def is_reference(runtime: EncoderRuntime, precision: Precision) -> bool:
+    return (runtime, precision) == REFERENCE
+
+
+def recorded_agreement(manifest: Manifest, key: str) -> Mapping[str, Any] | None:
+    records = manifest.raw.get(AGREEMENT_KEY)
+    if not isinstance(records, Mapping):
+        return None
+    record = records.get(key)
+    return record if isinstance(record, Mapping) else None
+
+
+def _summary(record: Mapping[str, Any]) -> str:
+    splits = record.get("splits")
+    if not isinstance(splits, Mapping):
+        return "no per-split figures"
+    parts = []
+    for name, split in splits.items():
+        if isinstance(split, Mapping):
+            parts.append(
+                f"{name} {split.get('agreement', 0):.1%} (min {split.get('min_agreement', 0):.0%})"
+            )
+    return ", ".join(parts) or "no per-split figures"
+
+
+def check_agreement(manifest: Manifest, runtime: EncoderRuntime, precision: Precision) -> None:
+    """Raise one BundleError line unless a passing agreement is recorded for this encoder."""
+    if is_reference(runtime, precision):
+        return
+    key = agreement_key(runtime, precision)
+    record = recorded_agreement(manifest, key)
+    hint = "measure it with python -m capbatch.export.precision (docs/export.md)"
+    if record is None:
+        raise BundleError(
+            f"bundle {manifest.model_id} records no caption agreement for the {key} encoder; "
+            + hint
+        )
+    encoder_sha = manifest.files.get(manifest.encoder.file)
+    if record.get("encoder_sha256") != encoder_sha:
+        raise BundleError(
+            f"the {key} agreement recorded in {manifest.model_id} was measured on another "
+            f"encoder graph; {hint}"
+        )
+    if record.get("passed") is not True:
+        raise BundleError(
+            f"the {key} encoder changes captions: agreement with onnxruntime f32 "
+            f"{_summary(record)}; refused"
+        )
+
+
+def create_encoder(
+    runtime: EncoderRuntime, precision: Precision, model_bytes: bytes, threads: int | None
+):
+    """An OpenVINO encoder with the session calls Bundle makes (runtime openvino only)."""
+    if runtime is not EncoderRuntime.openvino:
+        raise ValueError(f"create_encoder builds openvino encoders, not {runtime.value}")
+    from .openvino_backend import OpenVinoEncoder  # optional extra: imported when asked for
+
+    return OpenVinoEncoder(model_bytes, precision.value, threads)
