@@ -238,6 +238,13 @@ def caption(
             "--stats-json", help="Write the run's counts, error reasons and timing here (JSON)."
         ),
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Also write an HTML report of the run here at the end (docs/report.md).",
+        ),
+    ] = None,
     allow_empty: Annotated[
         bool,
         typer.Option(
@@ -291,6 +298,7 @@ def caption(
     check_engine_options(engine.value, options.engine_flags() + given)
     # Everything about options, output and inputs, before the model loads.
     preflight(options, engine)
+    _check_report_target(report, options)
     if engine is Engine.ray:
         from .engines.ray_options import import_ray
 
@@ -314,17 +322,35 @@ def caption(
         summary = _caption_on_ray(options, args, quiet, address=ray_address, actors=actors)
     else:
         summary = _caption_locally(options, args, quiet)
-    _finish(summary, quiet, stats_json)
+    _finish(summary, quiet, stats_json, report, options)
 
 
-def _finish(summary, quiet: bool, stats_json: Path | None) -> None:
-    """Stats file, summary lines, exit code."""
+def _check_report_target(report: Path | None, options) -> None:
+    if report is None:
+        return
+    if str(options.out) == "-":
+        raise UsageError("--report needs the rows in a file: not with --out -")
+    if report.resolve() == options.out.resolve():
+        raise UsageError(f"--report {report} would overwrite the output itself")
+    if report.is_dir():
+        raise UsageError(f"--report {report} is a directory; name the HTML file to write")
+
+
+def _finish(summary, quiet: bool, stats_json: Path | None, report: Path | None, options) -> None:
+    """Stats file, report, summary lines, exit code."""
     import time
 
     if stats_json is not None:
         from .stats import stats_record, write_stats
 
         write_stats(stats_json, stats_record(summary, summary.exit_code, time.time()))
+    if report is not None and summary.processed + summary.skipped:
+        from .report import write_report
+
+        # The rows as written: for --format txt the journal is where they are.
+        written = write_report(summary.out, report, attention_dir=options.attention_dir)
+        if not quiet:
+            _echo(f"report of {written.summary.rows} rows -> {report}")
     if not quiet:
         if getattr(summary, "failed_shards", None):
             shown = ", ".join(str(i) for i in summary.failed_shards[:10])

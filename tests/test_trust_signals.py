@@ -107,3 +107,35 @@ def test_rows_of_older_runs_read_without_the_new_columns():
     record = {name: None for name in ROW_FIELDS[:9]} | {"key": "k", "status": "ok", "model_id": "m"}
     row = Row.from_record(record)
     assert (row.in_domain, row.truncated, row.domain_distance) == (None, None, None)
+
+
+# -- caption --report: the run's HTML report at the end ----------------------------------
+
+
+def test_caption_report_writes_the_runs_page(capsys, tmp_path, photo_and_scenes):
+    out, page = tmp_path / "rows.csv", tmp_path / "run.html"
+    code, _, err = run_cli(capsys, "caption", photo_and_scenes, "--out", out, "--report", page)
+    assert code == 0
+    html = page.read_text(encoding="utf-8")
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 5
+    for row in rows:  # every caption and key of the run is on the page
+        assert json.dumps(row["caption"])[1:-1] in html and row["key"].rsplit("/", 1)[-1] in html
+    assert f"report of 5 rows -> {page}" in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--out", "-"], "--report needs the rows in a file"),
+        (["--out", "{report}"], "would overwrite the output itself"),
+    ],
+)
+def test_caption_report_target_is_checked_before_the_model_loads(capsys, tmp_path, extra, message):
+    page = tmp_path / "run.jsonl"
+    extra = [str(page) if arg == "{report}" else arg for arg in extra]
+    code, _, err = run_cli(
+        capsys, "caption", SAMPLES[0], *extra, "--report", page, "--model", tmp_path / "nope"
+    )
+    assert code == 2 and message in err and not page.exists()
