@@ -182,7 +182,7 @@ def _validation_lines(validation: dict | None, variant: str) -> list[str]:
     lines = []
     if "max_abs_diff" in validation:
         batches = ", ".join(map(str, validation["batches"]))
-        lines.append(f"  max abs diff vs PyTorch (batches {batches}) and tolerance:")
+        lines.append(f"  ONNX Runtime vs PyTorch at batches {batches}: max abs diff <= tolerance")
         tolerance = validation["tolerance"]
         for output, diff in validation["max_abs_diff"].items():
             verdict = "ok" if diff <= tolerance[output] else "OVER"
