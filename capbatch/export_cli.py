@@ -28,8 +28,9 @@ Examples:
 
   capbatch export --ckpt best.pt --out models/scenes --no-validate --overwrite
 
-  capbatch export --ckpt best.pt --out models/scenes \
-      --domain-images data/train_list.txt --domain-calibration data/val/
+  capbatch export --ckpt best.pt --out models/scenes --domain-images train.txt
+      (domain statistics from the images train.txt lists; add
+      --domain-calibration val/ for the threshold, else a fifth is held out)
 
 Domain statistics (the rows' domain_distance and in_domain columns) are fitted
 on --domain-images, or by default on the train and val splits of the dataset
