@@ -56,6 +56,7 @@ def info(
         typer.echo(f"validation   {_inline(manifest['validation'])}")
     if manifest.get("tools"):
         typer.echo(f"tools        {_inline(manifest['tools'])}")
+    typer.echo(f"domain check {_domain_line(bundle_dir)}")
     _echo_model_card(manifest.get("model_card") or {})
 
 
@@ -67,6 +68,25 @@ def _echo_model_card(card: dict) -> None:
     typer.echo("model card")
     for key, value in card.items():
         typer.echo(f"  {key.replace('_', ' '):<14} {value}")
+
+
+def _domain_line(bundle_dir: Path) -> str:
+    """Whether rows get domain_distance/in_domain, and how the threshold was set."""
+    from .domain import DomainCheck
+
+    check = DomainCheck.from_bundle(bundle_dir)
+    if check is None:
+        return (
+            "none: this bundle has no domain statistics, so the rows' domain_distance "
+            "and in_domain columns will be empty (add them: capbatch export --domain-images, "
+            "or python -m capbatch.export.domain_stats)"
+        )
+    facts = check.describe()
+    return (
+        f"{facts['method']}, {facts['pooling']} pooling, rank {facts['rank']}; "
+        f"fitted on {facts['fit_images']} images; threshold {facts['threshold']:.2f} "
+        f"(quantile {facts['quantile']} of {facts['calibration_images']} calibration images)"
+    )
 
 
 def _inline(mapping: dict) -> str:

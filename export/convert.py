@@ -15,15 +15,17 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from capbatch.training.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 
-from capbatch.errors import BundleError, ExportError
+from capbatch.errors import BundleError, CapbatchError, ExportError
 from capbatch.manifest import open_verified, sha256_file
 
+from .domain_source import DomainImages, DomainOptions, fit_bundle_domain, plan_domain
 from .manifest import (
     build_manifest,
     vocab_from_tokenizer_json,
@@ -64,7 +66,21 @@ def variant_dir(out_dir: Path | str, variant: str) -> Path:
     return out_dir.with_name(f"{out_dir.name}-{variant}")
 
 
-def export_bundle(
+@dataclass(frozen=True)
+class ExportResult:
+    """The bundles written (fp32 first, then the variants) and, when they carry
+    no domain statistics, the one line that says why."""
+
+    bundles: tuple[Path, ...]
+    domain_note: str = ""
+
+
+def export_bundle(ckpt_path: Path | str, out_dir: Path | str, **options) -> Path:
+    """export_bundles(...) for callers that only need the fp32 bundle's path."""
+    return export_bundles(ckpt_path, out_dir, **options).bundles[0]
+
+
+def export_bundles(
     ckpt_path: Path | str,
     out_dir: Path | str,
     *,
@@ -77,18 +93,23 @@ def export_bundle(
     force: bool = False,
     overwrite: bool = False,
     name: str | None = None,
-) -> Path:
+    domain: DomainOptions | None = None,
+) -> ExportResult:
     """Export ckpt_path to the bundle out_dir (fp32) and the requested variants.
 
-    Returns out_dir. Raises CheckpointError for an unusable checkpoint and
-    ExportError (ValidationError, VariantAgreementError) when export or
-    validation fails; nothing is left at a destination on failure.
+    With `domain`, every bundle gets domain statistics fitted with its own
+    encoder (see domain_source.plan_domain for where the images come from);
+    without, none. Raises CheckpointError for an unusable checkpoint, UsageError
+    for unusable domain images, and ExportError (ValidationError,
+    VariantAgreementError) when export or validation fails; nothing is left at a
+    destination on failure.
     """
     out_dir = Path(out_dir)
     targets = [out_dir] + [variant_dir(out_dir, v) for v, on in zip(VARIANTS, (fp16, int8)) if on]
     _check_arguments(name, opset, targets, overwrite)
     ckpt_path = resolve_checkpoint(ckpt_path)
     checkpoint = load_checkpoint(ckpt_path)
+    plan = plan_domain(domain or DomainOptions(enabled=False), checkpoint.get("extra"))
     model = export_copy(model_from_checkpoint(checkpoint))
     config = model.config
     vocab = vocab_from_tokenizer_json(checkpoint["tokenizer"], config.vocab_size)
@@ -113,6 +134,8 @@ def export_bundle(
             model_name=name,
         )
         write_manifest(bundle, manifest)
+        if plan.images is not None:
+            _fit_domain(bundle, variant, plan.images)
         _verify_written(bundle, variant)
 
     with ExitStack() as stack:
@@ -147,7 +170,7 @@ def export_bundle(
                     "forced": agreement < VARIANT_MIN_AGREEMENT,
                 },
             )
-    return out_dir
+    return ExportResult(tuple(targets), "" if domain is None else plan.note)
 
 
 def _check_arguments(name: str | None, opset: int, targets: list[Path], overwrite: bool) -> None:
@@ -171,6 +194,13 @@ def _validate(model, encoder_path: Path, step_path: Path, images, top_k: int) ->
     tie_gap = 2 * decoder_step_spec(top_k).outputs[0].tolerance_for(0.0)
     validation.update(validate_captions(model, encoder_path, step_path, images, tie_gap=tie_gap))
     return validation
+
+
+def _fit_domain(bundle: Path, variant: str, images: DomainImages) -> None:
+    try:
+        fit_bundle_domain(bundle, images)
+    except CapbatchError as exc:  # e.g. none of the images decode
+        raise ExportError(f"domain statistics for the {variant} bundle: {exc}") from exc
 
 
 def _verify_written(bundle: Path, variant: str) -> None:

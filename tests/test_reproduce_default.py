@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_reproduce_default_runs_every_step(tmp_path):
+    from capbatch.domain import DomainCheck
     from capbatch.manifest import verify_bundle
 
     work = tmp_path / "repro"
@@ -51,3 +52,13 @@ def test_reproduce_default_runs_every_step(tmp_path):
     # Every sample agrees, or differs only at a near tie (a barely trained model has many).
     agreeing = round(checked["caption_agreement"] * checked["images"])
     assert checked["images"] == 20 and agreeing + len(checked["near_ties"]) == 20
+    # The domain statistics: fitted on the train list, thresholded on the val list.
+    lists = {
+        split: (work / "domain-lists" / f"{split}.txt").read_text().split()
+        for split in ("train", "val")
+    }
+    assert manifest["domain"]["file"] in manifest["files"]
+    facts = DomainCheck.from_bundle(work / "bundle").describe()
+    assert facts["fit_images"] == len(lists["train"]) >= 20
+    assert facts["calibration_images"] == len(lists["val"]) >= 1
+    assert "domain statistics: fitted on" in done.stdout
