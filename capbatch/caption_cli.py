@@ -195,6 +195,23 @@ def caption(
         Path | None,
         typer.Option("--attention-dir", help="Write per-image attention heatmap PNGs here."),
     ] = None,
+    caption_extension: Annotated[
+        str, typer.Option("--caption-extension", help="--format txt: sidecar file ending.")
+    ] = ".txt",
+    sidecar_prefix: Annotated[
+        str, typer.Option("--sidecar-prefix", help="--format txt: text before each caption.")
+    ] = "",
+    sidecar_suffix: Annotated[
+        str, typer.Option("--sidecar-suffix", help="--format txt: text after each caption.")
+    ] = "",
+    sidecar_dir: Annotated[
+        Path | None,
+        typer.Option("--sidecar-dir", help="--format txt: folder for archive members' sidecars."),
+    ] = None,
+    csv_raw: Annotated[
+        bool,
+        typer.Option("--csv-raw", help="CSV: keep cells starting with = + - @ as they are."),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
     engine: Annotated[
         Engine,
@@ -212,6 +229,7 @@ def caption(
     """Caption images from files, folders and archives into CSV, JSONL, Parquet or sidecars."""
     from .captioner import CaptionerArgs
     from .job import RunOptions, check_engine_options
+    from .output import OutputSettings, check_output_target
 
     # Pillow warns about corrupt EXIF/TIFF tags and large images from the decode
     # threads. Decoding already enforces its own pixel limit and turns real failures
@@ -232,9 +250,17 @@ def caption(
             retry_errors=retry_errors,
             overwrite_sidecars=overwrite_sidecars,
             attention_dir=attention_dir,
+            output_settings=OutputSettings(
+                csv_raw=csv_raw,
+                caption_extension=caption_extension,
+                sidecar_prefix=sidecar_prefix,
+                sidecar_suffix=sidecar_suffix,
+                sidecar_dir=sidecar_dir,
+            ),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    check_output_target(options.out)  # a device, FIFO or dangling link: before the model
     cli_flags = {"--threads": threads, "--ray-address": ray_address, "--actors": actors}
     given = [flag for flag, value in cli_flags.items() if value is not None]
     check_engine_options(engine.value, options.engine_flags() + given)

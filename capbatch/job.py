@@ -23,7 +23,7 @@ from typing import Protocol
 from .captioner import Captioner, CaptionResult, error_result
 from .decode import DecodedImage, decode_image
 from .errors import ExitCode, InputDecodeError, UsageError
-from .output import Output
+from .output import Output, OutputSettings
 from .preprocess import PreprocessSpec
 from .providers import cpu_thread_count
 from .rows import OK, Row
@@ -74,6 +74,7 @@ class RunOptions:
     retry_errors: bool = False  # resume, and redo keys whose row is an error
     overwrite_sidecars: bool = False  # --format txt: replace existing .txt sidecars
     attention_dir: Path | None = None  # local engine
+    output_settings: OutputSettings = OutputSettings()  # CSV cells, sidecar options
 
     def __post_init__(self) -> None:
         if self.resume and self.overwrite:

@@ -19,7 +19,11 @@ from .errors import OutputError
 
 
 def lock_path_for(out: Path) -> Path:
-    return out.with_name(out.name + ".lock")
+    """"<out>.lock" beside the file `out` names: links resolved (the output's own and
+    its folders'), so every spelling of one output path takes the same lock. (Hard
+    links to one file are not told apart: name the output one way.)"""
+    real = Path(os.path.realpath(out))
+    return real.with_name(real.name + ".lock")
 
 
 def _describe_holder(fd: int) -> str:

@@ -27,9 +27,13 @@ _FIELD_TYPES: tuple[tuple[str, str], ...] = (
     ("width", "int64"),
     ("height", "int64"),
     ("model_id", "string"),
+    # --attention-dir: the heatmap PNG's file name in that folder (null without it).
+    ("attention", "string"),
 )
 ROW_FIELDS: tuple[str, ...] = tuple(name for name, _ in _FIELD_TYPES)
-_TEXT_FIELDS = tuple(name for name, kind in _FIELD_TYPES if kind == "string")
+TEXT_FIELDS = tuple(name for name, kind in _FIELD_TYPES if kind == "string")
+# Fields a record may lack (rows made before the field existed, engines without it).
+_OPTIONAL_FIELDS = ("attention",)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Row:
     width: int | None
     height: int | None
     model_id: str
+    attention: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -55,7 +60,7 @@ class Row:
     def to_record(self) -> dict:
         """Plain values in ROW_FIELDS order, every string safe to encode as UTF-8."""
         record = asdict(self)
-        for name in _TEXT_FIELDS:
+        for name in TEXT_FIELDS:
             if record[name] is not None:
                 record[name] = escape_undecodable(str(record[name]))
         if record["score"] is not None:
@@ -66,8 +71,14 @@ class Row:
 
     @classmethod
     def from_record(cls, record: dict) -> Row:
-        """A row from a record holding at least ROW_FIELDS (extra columns ignored)."""
-        return cls(**{name: record[name] for name in ROW_FIELDS})
+        """A row from a record holding at least ROW_FIELDS (extra columns ignored; the
+        optional ones may be missing)."""
+        return cls(
+            **{
+                name: record.get(name) if name in _OPTIONAL_FIELDS else record[name]
+                for name in ROW_FIELDS
+            }
+        )
 
 
 def parquet_schema(pa, leading: tuple = ()):
