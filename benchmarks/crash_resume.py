@@ -38,7 +38,10 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-ROW_FIELDS = ("key", "path", "caption", "score", "status", "error", "width", "height", "model_id")
+ROW_FIELDS = (
+    "key", "path", "caption", "score", "status", "error", "width", "height", "model_id",
+    "attention",
+)  # fmt: skip
 EXTENSIONS = {"csv": ".csv", "jsonl": ".jsonl", "parquet": ".parquet"}
 BROKEN_EVERY = 20  # one image in 20 is broken on purpose
 STARTUP_SHARE = 0.25  # kills aimed at start-up; the rest land while rows are written

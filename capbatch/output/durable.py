@@ -117,6 +117,8 @@ def check_output_target(out: Path) -> Path:
                 "--out must name a regular file or a new path"
             ) from None
         return out
+    except NotADirectoryError:
+        raise OutputError(f"cannot create the output folder {out.parent}: a parent is a file") from None
     except OSError as exc:
         raise OutputError(f"cannot use {out} as the output: {exc.strerror}") from None
     if stat.S_ISDIR(info.st_mode):
