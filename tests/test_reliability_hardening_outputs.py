@@ -27,10 +27,12 @@ from capbatch.errors import ExitCode
 from capbatch.output import open_output
 from capbatch.output_lock import OutputLock, lock_path_for
 from capbatch.rows import Row
+from tests import test_reliability_crash
 from tests.io_fixtures import png_bytes
 from tests.runtime_fakes import make_fake_bundle
 
 REPO = Path(__file__).resolve().parents[1]
+small_tmpfs = test_reliability_crash.small_tmpfs  # a real 64 KiB tmpfs (root), else skipped
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
 
 
@@ -313,8 +315,10 @@ def test_zip_of_large_undecodable_members_keeps_memory_bounded(bundle, tmp_path)
     _zip_of_zeros(archive, members=20, size=100 << 20)
     assert archive.stat().st_size < 5 << 20
     out = tmp_path / "rows.jsonl"
-    rows, peak_kb = _run_blocked_on_the_list(bundle, archive, out, batch=4, rows_before=10)
-    assert rows >= 10
+    # Waiting: the window (2 x 4 + 2 x 1 items) and a batch being filled (< 4).
+    rows, peak_kb = _run_blocked_on_the_list(bundle, archive, out, batch=4, rows_before=7)
+    assert rows >= 7
+    print(f"peak RSS {peak_kb} kB")
     assert peak_kb <= 1024 * 1024, f"peak RSS {peak_kb} kB"
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 20 and all(r["status"] == "error" for r in records)
@@ -392,3 +396,22 @@ def test_double_interrupt_on_parquet_exits_3_with_a_message(bundle, tmp_path):
     assert code == ExitCode.INTERRUPTED, (code, err)
     assert "interrupted:" in err and "rerun with --resume" in err and "Traceback" not in err, err
     assert len(open_output(out, "parquet").done()) >= 4  # the rows are kept (parts or merged)
+
+
+def test_parquet_on_a_full_disk_is_one_line_and_leaves_nothing_behind(
+    capsys, bundle, photos, small_tmpfs
+):
+    pytest.importorskip("pyarrow")
+    (photos / "3.png").unlink()  # 3 parts fit, their merge does not
+    out = small_tmpfs / "rows.parquet"
+    (small_tmpfs / "filler").write_bytes(b"\0" * (64 * 1024 - 16 * 1024))
+    args = ("caption", photos, "--out", out, "--model", bundle, "--batch-size", "1", "-q")
+    code, err = run_cli(capsys, *args)
+    assert "No space left on device" in one_fatal_line(code, err)
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler", "rows.parquet.parts"]
+    assert len(open_output(out, "parquet").done()) == 3  # the parts hold every row
+    (small_tmpfs / "filler").unlink()
+    code, err = run_cli(capsys, *args, "--resume")
+    assert code == ExitCode.OK, err
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["rows.parquet"]
+    assert len(open_output(out, "parquet").done()) == 3

@@ -87,7 +87,8 @@ def temporary_file(target: Path) -> Iterator[tuple[Path, object]]:
     try:
         yield tmp, handle
     finally:
-        handle.close()
+        with contextlib.suppress(OSError):
+            handle.close()  # a full disk fails the flush too: the file still goes
         with contextlib.suppress(OSError):
             os.unlink(tmp)  # gone already once renamed
 
