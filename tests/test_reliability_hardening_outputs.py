@@ -89,13 +89,22 @@ def test_parquet_resume_failing_before_the_first_row_keeps_saved_rows(capsys, bu
 # -- 2: --resume never truncates a JSONL file that holds no capbatch rows -------------
 
 
-def test_resume_refuses_a_jsonl_file_without_capbatch_rows(capsys, bundle, photos, tmp_path):
-    out = tmp_path / "foreign.jsonl"
-    foreign = '{"id": 1}\n{"id": 2, "name": "x"}\n'
+@pytest.mark.parametrize(
+    "fmt,foreign,message",
+    [
+        ("jsonl", '{"id": 1}\n{"id": 2, "name": "x"}\n', "is not a capbatch JSONL file"),
+        ("jsonl", '{"id": 1}', "is not a capbatch JSONL file"),  # one line, no newline
+        ("csv", "id,name", "is not a capbatch CSV"),
+    ],
+)
+def test_resume_refuses_a_file_without_capbatch_rows(
+    capsys, bundle, photos, tmp_path, fmt, foreign, message
+):
+    out = tmp_path / f"foreign.{fmt}"
     out.write_text(foreign)
     for flag in ("--resume", "--retry-errors"):
         code, err = run_cli(capsys, "caption", photos, "--out", out, "--model", bundle, flag)
-        assert "is not a capbatch JSONL file" in one_fatal_line(code, err)
+        assert message in one_fatal_line(code, err)
         assert out.read_text() == foreign
 
 

@@ -66,13 +66,23 @@ def _scan_jsonl(out: Path) -> _Scan:
             elif raw.strip():
                 foreign += 1
             end = offset
-    if foreign and not records:
-        # Resuming would find nothing done and start over: the file would be lost.
+    # Resuming would find nothing done and start over: the file would be lost.
+    if (foreign and not records) or not _torn_start_is_ours(out, end, b'{"key": '):
         raise OutputError(
             f"{out} exists but is not a capbatch JSONL file (no line is a capbatch row); "
             "choose another output or start over with --overwrite"
         )
     return _Scan(records, end, out.stat().st_size)
+
+
+def _torn_start_is_ours(out: Path, end: int, start: bytes) -> bool:
+    """With nothing complete in the file, whether what is there could be the torn start
+    of our first record (cut off and rewritten on append) rather than someone's file."""
+    if end > 0:
+        return True
+    with open(out, "rb") as handle:
+        head = handle.read(len(start))
+    return head.startswith(start) or start.startswith(head)
 
 
 def _scan_csv(out: Path) -> _Scan:
@@ -111,6 +121,11 @@ def _scan_csv(out: Path) -> _Scan:
             elif len(fields) == len(ROW_FIELDS):
                 records.append(dict(zip(ROW_FIELDS, map(restore_cell, fields))))
             end = position["offset"]
+    if not _torn_start_is_ours(out, end, ",".join(ROW_FIELDS).encode()):
+        raise OutputError(
+            f"{out} exists but is not a capbatch CSV (no capbatch header); "
+            "choose another output or start over"
+        )
     return _Scan(records, end, out.stat().st_size)
 
 
