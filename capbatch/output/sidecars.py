@@ -9,6 +9,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from ..errors import OutputError
 from ..rows import ERROR, OK, Row
 from ..sources import IMAGE_EXTENSIONS, escape_undecodable
 from .durable import link_new
@@ -67,7 +68,13 @@ class SidecarWriter:
                 if record.get("status") == OK and target is not None:
                     self._owners[target] = record["key"]
         if self.settings.sidecar_dir is not None:
-            self.settings.sidecar_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.settings.sidecar_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot create --sidecar-dir {self.settings.sidecar_dir}: "
+                    f"{exc.strerror or exc}"
+                ) from None
         self.journal = JsonlWriter(out, append=append)
 
     def write(self, rows: Sequence[Row]) -> list[Row]:
