@@ -70,7 +70,9 @@ class OutputLock:
             raise OutputError(f"cannot create the lock {self.path}: {exc.strerror}") from None
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                # O_NOFOLLOW: a link planted as "<out>.lock" is refused, never written through.
+                flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                fd = os.open(self.path, flags, 0o644)
             except OSError as exc:
                 raise OutputError(f"cannot create the lock {self.path}: {exc.strerror}") from None
             try:

@@ -180,6 +180,16 @@ def test_parquet_merge_temp_name_planted_as_a_link_is_not_followed(
     assert len(open_output(out, "parquet").done()) == 4
 
 
+def test_lock_name_planted_as_a_link_is_refused_not_followed(capsys, bundle, photos, tmp_path):
+    out = tmp_path / "rows.csv"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    lock_path_for(out).symlink_to(victim)
+    code, err = run_cli(capsys, "caption", photos, "--out", out, "--model", bundle)
+    assert f"cannot create the lock {lock_path_for(out)}" in one_fatal_line(code, err)
+    assert victim.read_text() == "precious\n" and not out.exists()
+
+
 # -- 5: --out naming a symlink: written through, the link stays, every format ---------
 
 

@@ -152,7 +152,11 @@ class LineWriter:
                 if scan.end < scan.size:
                     truncate(out, scan.end)
                 fresh = scan.end == 0  # nothing complete, not even a header
-            self._handle = open(out, "w" if fresh else "a", encoding="utf-8", newline="")
+            # O_NOFOLLOW: `out` is the file --out names (check_output_target resolved a
+            # link there), so a link found here now was planted since: not followed.
+            mode = os.O_TRUNC | os.O_CREAT if fresh else os.O_APPEND
+            fd = os.open(out, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | mode, 0o644)
+            self._handle = open(fd, "w", encoding="utf-8", newline="")
             if fresh:
                 self._append(self._header())
         except OSError as exc:
