@@ -220,6 +220,23 @@ def caption(
         Path | None,
         typer.Option("--attention-dir", help="Write per-image attention heatmap PNGs here."),
     ] = None,
+    caption_extension: Annotated[
+        str, typer.Option("--caption-extension", help="--format txt: sidecar file ending.")
+    ] = ".txt",
+    sidecar_prefix: Annotated[
+        str, typer.Option("--sidecar-prefix", help="--format txt: text before each caption.")
+    ] = "",
+    sidecar_suffix: Annotated[
+        str, typer.Option("--sidecar-suffix", help="--format txt: text after each caption.")
+    ] = "",
+    sidecar_dir: Annotated[
+        Path | None,
+        typer.Option("--sidecar-dir", help="--format txt: folder for archive members' sidecars."),
+    ] = None,
+    csv_raw: Annotated[
+        bool,
+        typer.Option("--csv-raw", help="CSV: keep cells starting with = + - @ as they are."),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
     limit: Annotated[
         int | None,
@@ -267,6 +284,7 @@ def caption(
     """Caption images from files, folders and archives into CSV, JSONL, Parquet or sidecars."""
     from .captioner import CaptionerArgs
     from .job import RunOptions, check_engine_options
+    from .output import OutputSettings
     from .preflight import preflight
 
     # Pillow warns about corrupt EXIF/TIFF tags and large images from the decode
@@ -290,6 +308,13 @@ def caption(
             attention_dir=attention_dir,
             limit=limit,
             allow_empty=allow_empty,
+            output_settings=OutputSettings(
+                csv_raw=csv_raw,
+                caption_extension=caption_extension,
+                sidecar_prefix=sidecar_prefix,
+                sidecar_suffix=sidecar_suffix,
+                sidecar_dir=sidecar_dir,
+            ),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

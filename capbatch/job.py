@@ -25,7 +25,7 @@ from typing import Protocol
 from .captioner import Captioner, CaptionResult, error_result
 from .decode import DecodedImage, decode_image
 from .errors import ExitCode, InputDecodeError, UsageError
-from .output import Output
+from .output import Output, OutputSettings
 from .preprocess import PreprocessSpec
 from .providers import cpu_thread_count
 from .rows import OK, Row
@@ -82,6 +82,7 @@ class RunOptions:
     attention_dir: Path | None = None  # local engine
     limit: int | None = None  # only the first N inputs (local engine)
     allow_empty: bool = False  # no inputs found is a normal, empty run (else UsageError)
+    output_settings: OutputSettings = OutputSettings()  # CSV cells, sidecar options
 
     def __post_init__(self) -> None:
         if self.resume and self.overwrite:

@@ -19,7 +19,11 @@ from .errors import OutputError
 
 
 def lock_path_for(out: Path) -> Path:
-    return out.with_name(out.name + ".lock")
+    """"<out>.lock" beside the file `out` names: links resolved (the output's own and
+    its folders'), so every spelling of one output path takes the same lock. (Hard
+    links to one file are not told apart: name the output one way.)"""
+    real = Path(os.path.realpath(out))
+    return real.with_name(real.name + ".lock")
 
 
 def _describe_holder(fd: int) -> str:
@@ -66,7 +70,9 @@ class OutputLock:
             raise OutputError(f"cannot create the lock {self.path}: {exc.strerror}") from None
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                # O_NOFOLLOW: a link planted as "<out>.lock" is refused, never written through.
+                flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                fd = os.open(self.path, flags, 0o644)
             except OSError as exc:
                 raise OutputError(f"cannot create the lock {self.path}: {exc.strerror}") from None
             try:

@@ -38,7 +38,12 @@ def preflight(options: RunOptions, engine: Engine) -> None:
 def check_output(options: RunOptions, engine: Engine) -> Output | StreamOutput:
     """The format (and its match with --out's extension), its extra, and a collision
     with an existing output; the Ray engine checks its shard layout itself."""
-    output = open_output(options.out, options.fmt, overwrite_sidecars=options.overwrite_sidecars)
+    output = open_output(
+        options.out,
+        options.fmt,
+        overwrite_sidecars=options.overwrite_sidecars,
+        settings=options.output_settings,
+    )
     if output.fmt == "parquet":
         from .output.parquet import import_pyarrow
 

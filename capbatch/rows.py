@@ -33,11 +33,15 @@ _FIELD_TYPES: tuple[tuple[str, str], ...] = (
     ("in_domain", "bool_"),
     ("truncated", "bool_"),
     ("repeated", "bool_"),
+    # --attention-dir: the heatmap PNG's file name in that folder (null without it).
+    ("attention", "string"),
 )
 ROW_FIELDS: tuple[str, ...] = tuple(name for name, _ in _FIELD_TYPES)
-OPTIONAL_FIELDS: tuple[str, ...] = ("domain_distance", "in_domain", "truncated", "repeated")
-REQUIRED_FIELDS: tuple[str, ...] = tuple(n for n in ROW_FIELDS if n not in OPTIONAL_FIELDS)
-_TEXT_FIELDS = tuple(name for name, kind in _FIELD_TYPES if kind == "string")
+TEXT_FIELDS = tuple(name for name, kind in _FIELD_TYPES if kind == "string")
+# Fields a record may lack (rows made before the field existed, engines without it).
+OPTIONAL_FIELDS: tuple[str, ...] = (
+    "domain_distance", "in_domain", "truncated", "repeated", "attention",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class Row:
     in_domain: bool | None = None  # distance within the bundle's calibrated threshold
     truncated: bool | None = None  # reached max_len without the end token
     repeated: bool | None = None  # a word or phrase repeated back to back
+    attention: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -67,7 +72,7 @@ class Row:
     def to_record(self) -> dict:
         """Plain values in ROW_FIELDS order, every string safe to encode as UTF-8."""
         record = asdict(self)
-        for name in _TEXT_FIELDS:
+        for name in TEXT_FIELDS:
             if record[name] is not None:
                 record[name] = escape_undecodable(str(record[name]))
         for name in ("score", "domain_distance"):
@@ -79,11 +84,14 @@ class Row:
 
     @classmethod
     def from_record(cls, record: dict) -> Row:
-        """A row from a record holding the required fields (extra columns ignored;
-        the optional trust signals may be absent, as in rows of older runs)."""
-        values = {name: record[name] for name in REQUIRED_FIELDS}
-        values.update({name: record.get(name) for name in OPTIONAL_FIELDS})
-        return cls(**values)
+        """A row from a record holding at least the fields every row has (extra
+        columns ignored; OPTIONAL_FIELDS may be missing, as in rows of older runs)."""
+        return cls(
+            **{
+                name: record.get(name) if name in OPTIONAL_FIELDS else record[name]
+                for name in ROW_FIELDS
+            }
+        )
 
 
 def parquet_schema(pa, leading: tuple = ()):

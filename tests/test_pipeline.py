@@ -13,6 +13,7 @@ from PIL import Image
 
 from capbatch import job
 from capbatch.captioner import Captioner
+from capbatch.engines import local
 from capbatch.engines.local import estimate_total, run_captioning
 from capbatch.errors import ExitCode, OutputError, UsageError
 from capbatch.job import RunOptions, keys_to_keep, stop_on_signals
@@ -94,6 +95,38 @@ def test_in_flight_items_are_bounded(captioner, tmp_path, monkeypatch):
     assert written[-1][1] == 60
     # never more than `limit` items pulled ahead of what was written (+ the current chunk)
     assert all(pulled_n - done <= limit + captioner.batch_size for pulled_n, done in written)
+
+
+def test_input_bytes_waiting_for_decode_are_bounded(captioner, tmp_path, monkeypatch):
+    # 40 large inputs that fail to decode, and a slow decoder: the window must stop
+    # reading ahead once IN_FLIGHT_BYTES wait undecoded, not fill up to its item limit.
+    blob = b"\0" * 1000
+    state = {"read": 0, "decoded": 0, "most_waiting": 0}
+    lock = threading.Lock()
+
+    def inputs(paths, **kwargs):
+        for i in range(40):
+            with lock:
+                state["read"] += 1
+                waiting = state["read"] - state["decoded"]
+                state["most_waiting"] = max(state["most_waiting"], waiting)
+            yield SourceItem(f"k{i:03d}", None, blob, None)
+
+    def slow_decode(data, spec):
+        threading.Event().wait(0.01)
+        with lock:
+            state["decoded"] += 1
+        return "not an image"
+
+    monkeypatch.setattr(job, "iter_sources", inputs)  # job_sources reads it
+    monkeypatch.setattr(local, "decode_or_reason", slow_decode)
+    monkeypatch.setattr(local, "IN_FLIGHT_BYTES", 2 * len(blob), raising=False)
+    options = RunOptions(inputs=("x",), out=tmp_path / "o.jsonl", workers=1)
+    summary = run_captioning(captioner, options)
+    assert summary.errors == 40
+    # At most the budget (2 items) plus the one read while under it, and the item being
+    # read now; without the budget the window's 2 x 3 + 2 x 1 = 8 items would wait.
+    assert state["most_waiting"] <= 4, state
 
 
 def test_stop_flushes_finished_rows_and_resume_completes(captioner, tmp_path):

@@ -114,6 +114,7 @@ def test_csv_round_trip_with_tricky_text(tmp_path):
         "in_domain": "",
         "truncated": "",
         "repeated": "",
+        "attention": "",
     }
     assert float(back[0]["score"]) == -0.25
     assert out.read_text(encoding="utf-8").count("key,path,caption") == 1
@@ -303,8 +304,11 @@ def test_sidecars_beside_images_never_clobbered(tmp_path):
     )
     writer.close()
     # The write contract: the rows come back as written, the refused one an error.
-    assert [r.status for r in written] == ["ok", "error", "ok", "error", "ok", "ok"]
+    assert [r.status for r in written] == ["ok", "error", "ok", "error", "error", "ok"]
     assert written[1].error == "sidecar b.txt exists (use --overwrite-sidecars)"
+    assert written[4].error == (
+        "archive member: no folder of its own for a sidecar (use --sidecar-dir DIR)"
+    )
     assert (images / "a.txt").read_text() == "a red square\n"
     assert (images / "b.txt").read_text() == "hand-written caption\n"
     assert not (images / "d.txt").exists()

@@ -1,8 +1,9 @@
 """The local engine: sources -> bounded decode pool -> batches -> Captioner -> Output.
 
-Memory stays flat for any input size: at most `max_in_flight` items are read
-and decoding at once (a FIFO window of futures, which also keeps rows in input
-order), and rows are written and flushed once per batch. Decoding runs in a
+Memory stays flat for any input size: at most `limit` items, and about
+IN_FLIGHT_BYTES of input bytes, are read and decoding at once (a FIFO window of
+futures, which also keeps rows in input order), and rows are written and
+flushed once per batch of `batch_size` items, inputs that failed included. Decoding runs in a
 thread pool (Pillow releases the GIL while decoding and resizing) while the
 main thread runs the model on the previous batch (onnxruntime releases it too).
 
@@ -11,6 +12,7 @@ Resume is the job's per-key rule (capbatch.job.resume_output); docs/runtime.md.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections import deque
@@ -30,8 +32,12 @@ from ..job import (
     job_sources,
     resume_output,
 )
-from ..output import Output, open_output
+from ..output import Output, open_output, parts_dir_for
 from ..sources import IMAGE_EXTENSIONS, SourceItem, archive_kind
+
+# Input bytes read ahead and not yet decoded, at most (one item always goes, whatever
+# its size): a window of 100 MB archive members must not hold gigabytes.
+IN_FLIGHT_BYTES = 256 << 20
 
 
 @dataclass
@@ -42,11 +48,18 @@ class _Pending:
     path: str | None
     future: Future | None = None
     error: str | None = None
+    size: int = 0  # input bytes the decode task holds until it is done
 
     def resolve(self) -> Decoded:
         if self.future is None:
             return self.error or "unreadable input"
-        return self.future.result()  # decode_or_reason never raises
+        decoded = self.future.result()  # decode_or_reason never raises
+        self.future = None  # nothing of the input outlives its result
+        return decoded
+
+    @property
+    def holding(self) -> int:
+        return self.size if self.future is not None and not self.future.done() else 0
 
 
 class _Window:
@@ -59,7 +72,7 @@ class _Window:
         self.exhausted = False
 
     def fill(self, stop: threading.Event) -> None:
-        while len(self._queue) < self._limit and not self.exhausted and not stop.is_set():
+        while self._has_room() and not self.exhausted and not stop.is_set():
             item = next(self._sources, None)
             if item is None:
                 self.exhausted = True
@@ -71,7 +84,12 @@ class _Window:
                 self._queue.append(_Pending(item.key, item.path, error=item.error))
             else:
                 future = self._executor.submit(decode_or_reason, item.data, self._spec)
-                self._queue.append(_Pending(item.key, item.path, future))
+                self._queue.append(_Pending(item.key, item.path, future, size=len(item.data)))
+
+    def _has_room(self) -> bool:
+        if len(self._queue) >= self._limit:
+            return False
+        return not self._queue or sum(p.holding for p in self._queue) < IN_FLIGHT_BYTES
 
     def __bool__(self) -> bool:
         return bool(self._queue)
@@ -100,37 +118,58 @@ def run_captioning(
     on_progress after every written batch.
     """
     stop = stop or threading.Event()
-    output = open_output(options.out, options.fmt, overwrite_sidecars=options.overwrite_sidecars)
+    output = open_output(
+        options.out,
+        options.fmt,
+        overwrite_sidecars=options.overwrite_sidecars,
+        settings=options.output_settings,
+    )
     summary = RunSummary(out=options.out, fmt=output.fmt)
-    with output.lock():  # an OutputLock; none for stdout
-        kept = resume_output(output, options)
-        sources = job_sources(options)  # --limit and the "no images found" check
-        created = not options.out.exists()
-        output.begin(append=bool(kept))
-        if on_start is not None:
-            on_start()
-        workers = options.decode_workers
-        # Two batches ahead keeps the pool busy while the model runs on one.
-        limit = 2 * captioner.batch_size + 2 * workers
-        try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="capbatch-decode") as executor:
-                window = _Window(sources, executor, captioner.preprocess, kept, limit, summary)
-                try:
-                    _caption_window(captioner, window, output, options, summary, stop, on_progress)
-                finally:
-                    window.cancel()
-        except BaseException:
-            output.close()
-            if created and summary.processed == 0:
-                # A fatal error before any row (an unreadable list file, say) leaves no
-                # empty output behind to block the rerun with "already exists".
-                options.out.unlink(missing_ok=True)
-            raise
-        finally:
-            output.close()
-            summary.interrupted = stop.is_set()
-            summary.tick()
+    try:
+        # The file --out names (a symbolic link resolved); no lock for stdout.
+        with output.lock():
+            _run_locked(captioner, output, options, summary, stop, on_progress, on_start)
+    except KeyboardInterrupt:
+        if not stop.is_set():
+            raise  # not our signal handler's (a library caller's own Ctrl-C)
+        # A second SIGINT/SIGTERM: stop now. Every row written is on disk (Parquet's in
+        # its parts, if the merge was cut short too): the same summary and exit code 3.
+        summary.interrupted = True
+        summary.tick()
     return summary
+
+
+def _run_locked(captioner, output: Output, options, summary, stop, on_progress, on_start) -> None:
+    out = output.path
+    kept = resume_output(output, options)
+    sources = job_sources(options)  # --limit and the "no images found" check
+    # Only an output this run creates may go again if it fails before its first row;
+    # Parquet rows of a killed run live in the parts folder until they are merged.
+    created = not out.exists() and not parts_dir_for(out).exists()
+    output.begin(append=bool(kept))
+    if on_start is not None:
+        on_start()
+    workers = options.decode_workers
+    # Two batches ahead keeps the pool busy while the model runs on one.
+    limit = 2 * captioner.batch_size + 2 * workers
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="capbatch-decode") as executor:
+            window = _Window(sources, executor, captioner.preprocess, kept, limit, summary)
+            try:
+                _caption_window(captioner, window, output, options, summary, stop, on_progress)
+            finally:
+                window.cancel()
+    except BaseException:
+        output.close()
+        if created and summary.processed == 0:
+            # A fatal error before any row (an unreadable list file, say) leaves no
+            # empty output behind to block the rerun with "already exists".
+            out.unlink(missing_ok=True)
+        raise
+    finally:
+        output.close()
+        summary.interrupted = stop.is_set()
+        summary.tick()
 
 
 def _caption_window(
@@ -141,29 +180,36 @@ def _caption_window(
         if not window:
             return
         batch: list[tuple[_Pending, Decoded]] = []
-        decoded_count = 0
-        while window and decoded_count < captioner.batch_size and not stop.is_set():
+        # Failed inputs count too: a long run of them is written batch by batch.
+        while window and len(batch) < captioner.batch_size and not stop.is_set():
             pending = window.popleft()
-            decoded = pending.resolve()
-            batch.append((pending, decoded))
-            decoded_count += not isinstance(decoded, str)
+            batch.append((pending, pending.resolve()))
             window.fill(stop)  # refill while we wait, so decoding never idles
         captioned = caption_batch(captioner, batch)
-        summary.count(output.write(captioned.rows))
+        rows = captioned.rows
         if options.attention_dir is not None:
-            _save_attention(options.attention_dir, batch, captioned.results)
+            # Maps first: a row naming its heatmap means the file is there.
+            rows = _save_attention(options.attention_dir, batch, captioned.results, rows)
+        summary.count(output.write(rows))
         if on_progress is not None:
             on_progress(summary)
         if stop.is_set():
             return
 
 
-def _save_attention(directory: Path, batch, results) -> None:
+def _save_attention(directory: Path, batch, results, rows) -> list:
+    """Save each captioned image's heatmap; the rows, naming their file (`attention`)."""
     from ..attention_maps import save_attention_map
 
-    for (pending, image), result in zip(batch, results):
+    named = []
+    for (pending, image), result, row in zip(batch, results, rows):
         if isinstance(image, DecodedImage) and result.ok and result.attention is not None:
-            save_attention_map(directory, pending.key, image.pixels, result.words, result.attention)
+            saved = save_attention_map(
+                directory, pending.key, image.pixels, result.words, result.attention
+            )
+            row = dataclasses.replace(row, attention=saved.name)
+        named.append(row)
+    return named
 
 
 def estimate_total(options: RunOptions) -> int | None:

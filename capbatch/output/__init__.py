@@ -18,19 +18,23 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import OutputError, UsageError
+from ..errors import UsageError
 from ..output_lock import OutputLock
 from ..rows import Row
+from .durable import check_output_target
 from .lines import CsvWriter, JsonlWriter, read_jsonl_rows
 from .parquet import ParquetWriter, parts_dir_for, read_parquet_rows
+from .settings import OutputSettings
 from .sidecars import SidecarWriter, sidecar_path
 from .stream import StreamOutput, is_stdout
 
 __all__ = [
     "FORMATS",
     "Output",
+    "OutputSettings",
     "StreamOutput",
     "Writer",
+    "check_output_target",
     "format_for",
     "is_stdout",
     "open_output",
@@ -102,11 +106,19 @@ class Output:
     Hold an OutputLock on `path` around it. Not thread-safe (one writer per run).
     """
 
-    def __init__(self, path: Path, fmt: str, *, overwrite_sidecars: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fmt: str,
+        *,
+        overwrite_sidecars: bool = False,
+        settings: OutputSettings | None = None,
+    ) -> None:
         self.path = Path(path)
         self.fmt = fmt
         self._format = FORMATS[fmt]
         self._overwrite_sidecars = overwrite_sidecars
+        self._settings = settings or OutputSettings()
         self._writer: Writer | None = None
 
     def done(self) -> dict[str, str]:
@@ -140,7 +152,10 @@ class Output:
         tail is cut); append=False starts the output over."""
         if self._writer is None:
             self._writer = self._format(
-                self.path, append=append, overwrite_sidecars=self._overwrite_sidecars
+                self.path,
+                append=append,
+                overwrite_sidecars=self._overwrite_sidecars,
+                settings=self._settings,
             )
 
     def write(self, rows: Sequence[Row]) -> list[Row]:
@@ -162,18 +177,24 @@ class Output:
 
 
 def open_output(
-    path: Path, fmt: str | None = None, *, overwrite_sidecars: bool = False
+    path: Path | str,
+    fmt: str | None = None,
+    *,
+    overwrite_sidecars: bool = False,
+    settings: OutputSettings | None = None,
 ) -> Output | StreamOutput:
     """The output at `path` in format `fmt` (None: from the extension), resolved once.
-    "-" is stdout (JSONL unless fmt says csv)."""
+    "-" is stdout (JSONL unless fmt says csv).
+
+    A file output is refused unless `path` is a regular file or a new path
+    (check_output_target); a symbolic link means the file it names."""
     if is_stdout(path):
         return StreamOutput(fmt)
-    path = Path(path)
-    resolved = format_for(path, fmt)
-    if path.is_dir():
-        # Otherwise open() fails with IsADirectoryError deep in a reader: an internal error.
-        raise OutputError(f"{path} is a directory; --out must name a file")
-    return Output(path, resolved, overwrite_sidecars=overwrite_sidecars)
+    resolved = format_for(Path(path), fmt)
+    path = check_output_target(Path(path))
+    settings = settings or OutputSettings()
+    settings.check_format(resolved)
+    return Output(path, resolved, overwrite_sidecars=overwrite_sidecars, settings=settings)
 
 
 def read_rows(path: Path, fmt: str) -> Iterator[Row]:

@@ -15,8 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OutputError
-from ..rows import ERROR, ROW_FIELDS, Row
+from ..rows import ERROR, ROW_FIELDS, STATUSES, TEXT_FIELDS, Row
 from .durable import output_error, replace_atomically, truncate
+from .settings import OutputSettings
+
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection):
+# such text cells get a leading "'", which spreadsheets show as "text follows". A
+# cell already starting with "'" gets one too, so reading strips exactly one.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def neutralise_cell(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def restore_cell(text: str) -> str:
+    if text.startswith("'") and text[1:].startswith(_FORMULA_STARTS):
+        return text[1:]
+    return text
 
 
 @dataclass
@@ -26,8 +42,16 @@ class _Scan:
     size: int  # file size; end < size means a torn tail
 
 
+def _is_row(record: object) -> bool:
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("key"), str)
+        and record.get("status") in STATUSES
+    )
+
+
 def _scan_jsonl(out: Path) -> _Scan:
-    records, end, offset = [], 0, 0
+    records, end, offset, foreign = [], 0, 0, 0
     with open(out, "rb") as handle:
         for raw in handle:
             offset += len(raw)
@@ -36,11 +60,29 @@ def _scan_jsonl(out: Path) -> _Scan:
             try:
                 record = json.loads(raw)
             except ValueError:
-                continue  # not ours to judge mid-file; it simply is not a done row
-            if isinstance(record, dict) and isinstance(record.get("key"), str):
+                record = None  # not ours to judge mid-file; it simply is not a done row
+            if _is_row(record):
                 records.append(record)
+            elif raw.strip():
+                foreign += 1
             end = offset
+    # Resuming would find nothing done and start over: the file would be lost.
+    if (foreign and not records) or not _torn_start_is_ours(out, end, b'{"key": '):
+        raise OutputError(
+            f"{out} exists but is not a capbatch JSONL file (no line is a capbatch row); "
+            "choose another output or start over with --overwrite"
+        )
     return _Scan(records, end, out.stat().st_size)
+
+
+def _torn_start_is_ours(out: Path, end: int, start: bytes) -> bool:
+    """With nothing complete in the file, whether what is there could be the torn start
+    of our first record (cut off and rewritten on append) rather than someone's file."""
+    if end > 0:
+        return True
+    with open(out, "rb") as handle:
+        head = handle.read(len(start))
+    return head.startswith(start) or start.startswith(head)
 
 
 def _scan_csv(out: Path) -> _Scan:
@@ -77,8 +119,13 @@ def _scan_csv(out: Path) -> _Scan:
                     )
                 header_seen = True
             elif len(fields) == len(ROW_FIELDS):
-                records.append(dict(zip(ROW_FIELDS, fields)))
+                records.append(dict(zip(ROW_FIELDS, map(restore_cell, fields))))
             end = position["offset"]
+    if not _torn_start_is_ours(out, end, ",".join(ROW_FIELDS).encode()):
+        raise OutputError(
+            f"{out} exists but is not a capbatch CSV (no capbatch header); "
+            "choose another output or start over"
+        )
     return _Scan(records, end, out.stat().st_size)
 
 
@@ -87,8 +134,16 @@ class LineWriter:
 
     _scan = staticmethod(_scan_jsonl)  # each format names its own scanner
 
-    def __init__(self, out: Path, *, append: bool, overwrite_sidecars: bool = False) -> None:
+    def __init__(
+        self,
+        out: Path,
+        *,
+        append: bool,
+        overwrite_sidecars: bool = False,
+        settings: OutputSettings | None = None,
+    ) -> None:
         self.out = out
+        self.settings = settings or OutputSettings()
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             fresh = not append or not out.exists() or out.stat().st_size == 0
@@ -97,7 +152,11 @@ class LineWriter:
                 if scan.end < scan.size:
                     truncate(out, scan.end)
                 fresh = scan.end == 0  # nothing complete, not even a header
-            self._handle = open(out, "w" if fresh else "a", encoding="utf-8", newline="")
+            # O_NOFOLLOW: `out` is the file --out names (check_output_target resolved a
+            # link there), so a link found here now was planted since: not followed.
+            mode = os.O_TRUNC | os.O_CREAT if fresh else os.O_APPEND
+            fd = os.open(out, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | mode, 0o644)
+            self._handle = open(fd, "w", encoding="utf-8", newline="")
             if fresh:
                 self._append(self._header())
         except OSError as exc:
@@ -106,8 +165,11 @@ class LineWriter:
     def _header(self) -> str:
         return ""
 
+    def _format_records(self, records: Sequence[dict]) -> str:
+        return self._records_text(records)
+
     @staticmethod
-    def _format_records(records: Sequence[dict]) -> str:
+    def _records_text(records: Sequence[dict], *, neutralise: bool = False) -> str:
         raise NotImplementedError
 
     def _append(self, text: str) -> None:
@@ -152,7 +214,7 @@ class LineWriter:
         kept = [record for record in scan.records if record["key"] not in keys]
         dropped = len(scan.records) - len(kept)
         if dropped:
-            text = cls._header_text() + cls._format_records(kept)
+            text = cls._header_text() + cls._records_text(kept, neutralise=True)
             replace_atomically(out, text.encode("utf-8"))
         return dropped
 
@@ -175,8 +237,16 @@ class CsvWriter(LineWriter):
         csv.writer(buffer).writerow(ROW_FIELDS)
         return buffer.getvalue()
 
+    def _format_records(self, records: Sequence[dict]) -> str:
+        if not self.settings.csv_raw:
+            records = [_neutralised(record) for record in records]
+        return self._records_text(records)
+
     @staticmethod
-    def _format_records(records: Sequence[dict]) -> str:
+    def _records_text(records: Sequence[dict], *, neutralise: bool = False) -> str:
+        # drop_keys rewrites records as read back (restored): neutralise them again.
+        if neutralise:
+            records = [_neutralised(record) for record in records]
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         for record in records:
@@ -190,8 +260,15 @@ class JsonlWriter(LineWriter):
     _scan = staticmethod(_scan_jsonl)
 
     @staticmethod
-    def _format_records(records: Sequence[dict]) -> str:
+    def _records_text(records: Sequence[dict], *, neutralise: bool = False) -> str:
         return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
+def _neutralised(record: dict) -> dict:
+    return {
+        name: neutralise_cell(value) if name in TEXT_FIELDS and isinstance(value, str) else value
+        for name, value in record.items()
+    }
 
 
 def read_jsonl_rows(path: Path) -> Iterator[Row]:

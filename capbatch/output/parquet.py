@@ -7,13 +7,22 @@ either whole or absent. After a crash the parts are readable as they are
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import MissingDependencyError, OutputError
 from ..rows import ROW_FIELDS, Row, parquet_schema
-from .durable import output_error, rename_durably, replace_atomically, temporary_name
+from .durable import (
+    create_exclusive,
+    output_error,
+    rename_durably,
+    replace_atomically,
+    temporary_file,
+)
+from .settings import OutputSettings
 
 # pyarrow's dataset reader skips names starting with "_" or ".", so reading the
 # parts folder after a crash never trips over a half-written part.
@@ -51,7 +60,14 @@ class ParquetWriter:
     parts are deleted; a crash in between leaves rows in both, which the next merge
     and read_done resolve."""
 
-    def __init__(self, out: Path, *, append: bool, overwrite_sidecars: bool = False) -> None:
+    def __init__(
+        self,
+        out: Path,
+        *,
+        append: bool,
+        overwrite_sidecars: bool = False,
+        settings: OutputSettings | None = None,
+    ) -> None:
         self.pa, self.pc, self.pq = import_pyarrow()
         self.out = out
         self.parts = parts_dir_for(out)
@@ -81,9 +97,14 @@ class ParquetWriter:
         target = self.parts / f"part-{self._next_part:08d}.parquet"
         tmp = target.with_name(_WRITING_PREFIX + target.name)
         try:
-            self.pq.write_table(self.pa.table(columns, schema=self.schema), tmp)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()  # left by a failed write: ours, never followed (unlink)
+            with os.fdopen(create_exclusive(tmp), "wb") as handle:
+                self.pq.write_table(self.pa.table(columns, schema=self.schema), handle)
             rename_durably(tmp, target)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # a part cut short by a full disk
             raise output_error(self.out, exc) from None
         self._next_part += 1
         return list(rows)
@@ -157,18 +178,21 @@ def _merge_parts(out: Path) -> None:
     redone = set()
     for part in part_files:
         redone.update(pq.read_table(part, columns=["key"]).column("key").to_pylist())
-    tmp = temporary_name(out)
-    with pq.ParquetWriter(tmp, schema) as writer:
-        if out.exists():
-            for batch in pq.ParquetFile(out).iter_batches():
-                table = pa.Table.from_batches([batch]).cast(schema)
-                if redone:
-                    mask = pc.invert(
-                        pc.is_in(table.column("key"), value_set=pa.array(list(redone)))
-                    )
-                    table = table.filter(mask)
-                writer.write_table(table)
-        for part in part_files:
-            writer.write_table(pq.read_table(part).cast(schema))
-    rename_durably(tmp, out)
+    # A temporary file created exclusively under a random name (a planted link is
+    # never written through), removed if the merge fails (a full disk, say).
+    with temporary_file(out) as (tmp, handle):
+        with pq.ParquetWriter(handle, schema) as writer:
+            if out.exists():
+                for batch in pq.ParquetFile(out).iter_batches():
+                    table = pa.Table.from_batches([batch]).cast(schema)
+                    if redone:
+                        mask = pc.invert(
+                            pc.is_in(table.column("key"), value_set=pa.array(list(redone)))
+                        )
+                        table = table.filter(mask)
+                    writer.write_table(table)
+            for part in part_files:
+                writer.write_table(pq.read_table(part).cast(schema))
+        handle.close()
+        rename_durably(tmp, out)
     shutil.rmtree(parts, ignore_errors=True)

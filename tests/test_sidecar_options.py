@@ -1,0 +1,155 @@
+"""Sidecars as dataset-prep users expect (issue 14, item 6), through the CLI:
+--caption-extension, --sidecar-prefix/--sidecar-suffix, archive members (an error
+row, or --sidecar-dir), the a.jpg/a.png collision, and the `attention` column."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from capbatch.cli import main
+from capbatch.errors import ExitCode
+from capbatch.output.sidecars import member_sidecar_name
+from tests.io_fixtures import jpeg_bytes, png_bytes
+from tests.runtime_fakes import make_fake_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_fake_bundle(tmp_path_factory.mktemp("fake") / "bundle")
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    return int(code or 0), capsys.readouterr().err
+
+
+def journal_rows(path: Path) -> dict[str, dict]:
+    return {r["key"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def test_caption_extension_prefix_and_suffix(capsys, bundle, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(png_bytes())
+    journal = tmp_path / "run.jsonl"
+    code, err = run_cli(
+        capsys, "caption", images, "--format", "txt", "--out", journal, "--model", bundle,
+        "--caption-extension", "caption", "--sidecar-prefix", "photo, ",
+        "--sidecar-suffix", ", high quality",
+    )  # fmt: skip
+    assert code == ExitCode.OK, err
+    caption = journal_rows(journal)[str(images / "a.png")]["caption"]
+    assert (images / "a.caption").read_text() == f"photo, {caption}, high quality\n"
+    assert not (images / "a.txt").exists()
+    # A rerun finds the same text there (a killed run's sidecar): not a conflict.
+    code, err = run_cli(
+        capsys, "caption", images, "--format", "txt", "--out", tmp_path / "again.jsonl",
+        "--model", bundle, "--caption-extension", ".caption", "--sidecar-prefix", "photo, ",
+        "--sidecar-suffix", ", high quality",
+    )  # fmt: skip
+    assert code == ExitCode.OK, err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--caption-extension", ".caption"], "--caption-extension applies to --format txt"),
+        (["--sidecar-dir", "x"], "--sidecar-dir applies to --format txt"),
+        (["--format", "txt", "--caption-extension", "a/b"], "is not a file ending"),
+        (["--format", "jsonl", "--csv-raw"], "--csv-raw applies to --format csv only"),
+    ],
+)
+def test_sidecar_options_out_of_place_are_usage_errors(capsys, bundle, tmp_path, args, message):
+    (tmp_path / "a.png").write_bytes(png_bytes())
+    code, err = run_cli(
+        capsys, "caption", tmp_path / "a.png", "--out", tmp_path / "o.jsonl", "--model", bundle,
+        *args,
+    )  # fmt: skip
+    assert code == ExitCode.FATAL and message in err, err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def _tar_with(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+def test_archive_members_get_an_error_row_or_a_sidecar_in_sidecar_dir(capsys, bundle, tmp_path):
+    shard = tmp_path / "shard.tar"
+    _tar_with(shard, {"000001.png": png_bytes(), "../../escape.png": png_bytes()})
+    journal = tmp_path / "run.jsonl"
+    base = ("caption", shard, "--format", "txt", "--model", bundle)
+    code, err = run_cli(capsys, *base, "--out", journal)
+    assert code == ExitCode.SOME_FAILED, err
+    for record in journal_rows(journal).values():
+        assert record["status"] == "error"
+        assert record["error"] == (
+            "archive member: no folder of its own for a sidecar (use --sidecar-dir DIR)"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.jsonl", "shard.tar"]
+
+    sidecars = tmp_path / "captions"
+    code, err = run_cli(
+        capsys, *base, "--out", journal, "--retry-errors", "--sidecar-dir", sidecars
+    )
+    assert code == ExitCode.OK, err
+    rows = journal_rows(journal)
+    names = sorted(p.name for p in sidecars.iterdir())
+    assert names == sorted(member_sidecar_name(key) for key in rows)
+    assert all("/" not in n and not n.startswith(".") for n in names)
+    for key, record in rows.items():
+        assert (sidecars / member_sidecar_name(key)).read_text() == record["caption"] + "\n"
+    assert not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_same_stem_collision_is_reported_without_advice_to_overwrite(capsys, bundle, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(jpeg_bytes())
+    (images / "a.png").write_bytes(png_bytes())
+    for overwrite in ([], ["--overwrite-sidecars"]):
+        journal = tmp_path / f"run{len(overwrite)}.jsonl"
+        code, err = run_cli(
+            capsys, "caption", images, "--format", "txt", "--out", journal, "--model", bundle,
+            *overwrite,
+        )  # fmt: skip
+        assert code == ExitCode.SOME_FAILED, err
+        rows = journal_rows(journal)
+        first, second = rows[str(images / "a.jpg")], rows[str(images / "a.png")]
+        assert first["status"] == "ok"
+        assert second["status"] == "error"
+        assert second["error"].startswith("sidecar a.txt is also the sidecar of a.jpg")
+        assert "--overwrite-sidecars" not in second["error"]
+        assert (images / "a.txt").read_text() == first["caption"] + "\n"
+
+
+def test_attention_column_names_each_rows_heatmap(capsys, bundle, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(png_bytes())
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    maps = tmp_path / "maps"
+    out = tmp_path / "rows.csv"
+    code, err = run_cli(
+        capsys, "caption", images, "--out", out, "--model", bundle, "--attention-dir", maps
+    )
+    assert code == ExitCode.SOME_FAILED, err
+    with open(out, newline="", encoding="utf-8") as handle:
+        rows = {r["key"]: r for r in csv.DictReader(handle)}
+    named = rows[str(images / "a.png")]["attention"]
+    assert named and (maps / named).is_file()
+    assert rows[str(images / "broken.jpg")]["attention"] == ""
+    assert sorted(p.name for p in maps.iterdir()) == [named]
+    # Without --attention-dir the column is there, empty.
+    plain = tmp_path / "plain.jsonl"
+    run_cli(capsys, "caption", images, "--out", plain, "--model", bundle)
+    assert all(json.loads(line)["attention"] is None for line in plain.read_text().splitlines())
