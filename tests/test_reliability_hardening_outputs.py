@@ -423,7 +423,8 @@ def test_parquet_on_a_full_disk_is_one_line_and_leaves_nothing_behind(
     pytest.importorskip("pyarrow")
     (photos / "3.png").unlink()  # 3 parts fit, their merge does not
     out = small_tmpfs / "rows.parquet"
-    (small_tmpfs / "filler").write_bytes(b"\0" * (64 * 1024 - 16 * 1024))
+    # Sized for parts of ~8 KB (4 KiB pages): three fit, their merged copy does not.
+    (small_tmpfs / "filler").write_bytes(b"\0" * (64 * 1024 - 28 * 1024))
     args = ("caption", photos, "--out", out, "--model", bundle, "--batch-size", "1", "-q")
     code, err = run_cli(capsys, *args)
     assert "No space left on device" in one_fatal_line(code, err)

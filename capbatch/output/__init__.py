@@ -188,11 +188,11 @@ def open_output(
 
     A file output is refused unless `path` is a regular file or a new path
     (check_output_target); a symbolic link means the file it names."""
+    settings = settings or OutputSettings()
     if is_stdout(path):
-        return StreamOutput(fmt)
+        return StreamOutput(fmt, csv_raw=settings.csv_raw)
     resolved = format_for(Path(path), fmt)
     path = check_output_target(Path(path))
-    settings = settings or OutputSettings()
     settings.check_format(resolved)
     return Output(path, resolved, overwrite_sidecars=overwrite_sidecars, settings=settings)
 

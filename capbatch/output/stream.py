@@ -29,7 +29,9 @@ def is_stdout(path: str | Path | None) -> bool:
 class StreamOutput:
     """The Output interface (capbatch.output.Output) over a text stream."""
 
-    def __init__(self, fmt: str | None, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, fmt: str | None, stream: TextIO | None = None, *, csv_raw: bool = False
+    ) -> None:
         fmt = (fmt or "jsonl").lower()
         if fmt not in STREAM_FORMATS:
             raise UsageError(f"--out - streams jsonl or csv, not {fmt}")
@@ -38,6 +40,8 @@ class StreamOutput:
         self._format = STREAM_FORMATS[fmt]
         self._stream = stream
         self._begun = False
+        # CSV cells a spreadsheet would run get the same guard as in a file (--csv-raw: not).
+        self._neutralise = fmt == "csv" and not csv_raw
 
     def lock(self):
         return nullcontext()  # nothing on disk to guard
@@ -65,7 +69,8 @@ class StreamOutput:
         if not self._begun:
             raise RuntimeError("write() before begin()")
         if rows:
-            self._emit(self._format._format_records([row.to_record() for row in rows]))
+            records = [row.to_record() for row in rows]
+            self._emit(self._format._records_text(records, neutralise=self._neutralise))
         return list(rows)
 
     def _emit(self, text: str) -> None:
