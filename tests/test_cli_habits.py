@@ -228,7 +228,7 @@ def test_a_bundle_without_a_card_prints_no_notice(capsys, bundle, photos, tmp_pa
 
 def test_summary_lines_say_how_many_rows_are_flagged(tmp_path):
     """What the lead's per-row flags will print once rows carry them."""
-    from capbatch.caption_cli import _summary_lines
+    from capbatch.caption_run import summary_lines as _summary_lines
     from capbatch.job import RunSummary
 
     summary = RunSummary(out=tmp_path / "o.csv", fmt="csv", ok=20)
