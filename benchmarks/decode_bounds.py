@@ -4,7 +4,7 @@
     python benchmarks/decode_bounds.py --before 4645afc      # and the code of that commit
 
 Each file is built in a scratch folder (tests/bombfiles.py) and decoded by
-`capbatch.decode.decode_image` (PreprocessSpec(size=224), the CLI's default
+`capbatch.image_decode.decode_image` (PreprocessSpec(size=224), the CLI's default
 path) in a fresh child process; the child's peak RSS and CPU time come from
 os.wait4, wall time from the parent. `--before REV` runs the same child on
 `git archive REV capbatch` (no checkout is touched) under an address-space
@@ -58,7 +58,7 @@ warnings.simplefilter("ignore")
 limit = int(sys.argv[2])
 if limit:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-from capbatch.decode import decode_image
+from capbatch.image_decode import decode_image
 from capbatch.errors import InputDecodeError
 from capbatch.preprocess import PreprocessSpec
 data = open(sys.argv[1], "rb").read()

@@ -44,10 +44,10 @@ from capbatch.training.scenes import (
 from PIL import Image, ImageDraw
 
 from capbatch.bundle import load_bundle
-from capbatch.decode import decode_image
-from capbatch.decoding import DecodingOptions, decode
+from capbatch.decoding import DecodingOptions, search
 from capbatch.domain import DomainCheck, fit_domain_check
 from capbatch.errors import InputDecodeError
+from capbatch.image_decode import decode_image
 
 REPO = Path(__file__).resolve().parents[1]
 FIT_IMAGES = 2000
@@ -225,8 +225,8 @@ def encode_set(bundle, items: dict[str, bytes], with_captions: bool, batch: int 
         )
         keys += chunk
         if with_captions:
-            hypotheses = decode(bundle.step_model(encoded), options)
-            captions += [bundle.vocab.decode(h.tokens) for h in hypotheses]
+            hypotheses = search(bundle.step_model(encoded), options)
+            captions += [bundle.vocab.text(h.tokens) for h in hypotheses]
     pooled = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     return {"keys": keys, "captions": captions, **pooled}
 

@@ -35,7 +35,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     import capbatch.bundle as bundle_module
     from capbatch.captioner import Captioner
-    from capbatch.decode import decode_image
+    from capbatch.image_decode import decode_image
 
     args = parse_args(argv)
     bundle = common.build_bundle(common.CONFIGS[args.config], args.cache_dir, max_len=4)

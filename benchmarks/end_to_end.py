@@ -4,9 +4,9 @@
 
 On a folder of --images photo-like 1024x768 JPEGs (made by the script, cached):
 
-* decode: read + decode + preprocess alone (capbatch.decode.decode_image, JPEG draft
+* decode: read + decode + preprocess alone (capbatch.image_decode.decode_image, JPEG draft
   mode as in the runtime), on a thread pool of one worker per usable core;
-* model: the captioner alone (Captioner.decode_pixels) on already decoded pixels,
+* model: the captioner alone (Captioner.hypotheses) on already decoded pixels,
   at the run's batch size, with onnxruntime on every usable core (also when
   --intra-op-threads gives the pipeline run fewer);
 * end_to_end: capbatch.engines.local.run_captioning (what `capbatch caption DIR` runs,
@@ -49,7 +49,7 @@ def parse_args(argv=None):
 
 
 def decode_rate(files: list[Path], spec, workers: int) -> tuple[float, list]:
-    from capbatch.decode import decode_image
+    from capbatch.image_decode import decode_image
 
     def work(path: Path):
         return decode_image(path.read_bytes(), spec)
@@ -62,10 +62,10 @@ def decode_rate(files: list[Path], spec, workers: int) -> tuple[float, list]:
 
 def model_rate(captioner, pixels: np.ndarray) -> float:
     batch = captioner.batch_size
-    captioner.decode_pixels(pixels[:batch])  # warmup
+    captioner.hypotheses(pixels[:batch])  # warmup
     start = time.perf_counter()
     for i in range(0, pixels.shape[0], batch):
-        captioner.decode_pixels(pixels[i : i + batch])
+        captioner.hypotheses(pixels[i : i + batch])
     return pixels.shape[0] / (time.perf_counter() - start)
 
 

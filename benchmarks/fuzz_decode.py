@@ -5,7 +5,7 @@
 Each input is a seed file (images in many formats and modes, tar / tar.gz /
 zip archives) with random mutations (bit flips, byte overwrites with
 interesting values, truncation, insertions, block duplication, splicing of two
-seeds). Images go through `capbatch.decode.decode_image`; archives are written
+seeds). Images go through `capbatch.image_decode.decode_image`; archives are written
 to a scratch folder and read with `capbatch.sources.iter_sources`, each member
 then decoded. The contract checked:
 
@@ -47,8 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # tests.bombfiles: the hostile-header seeds
 
-from capbatch.decode import decode_image  # noqa: E402
 from capbatch.errors import InputDecodeError  # noqa: E402
+from capbatch.image_decode import decode_image  # noqa: E402
 from capbatch.preprocess import PreprocessSpec  # noqa: E402
 from capbatch.sources import iter_sources  # noqa: E402
 from tests import bombfiles  # noqa: E402

@@ -9,7 +9,7 @@ exactly --steps decoder steps per image (<end> is ignored, so no side stops earl
   recomputed at every step, as the original inference did;
 * torch_batched: PyTorch eager batched (inference_mode), projection computed once;
 * capbatch: the runtime (encoder.onnx once per batch + the numpy greedy loop over
-  decoder_step.onnx), through Captioner.decode_pixels.
+  decoder_step.onnx), through Captioner.hypotheses.
 
 Both sides use one intra-op thread per usable core; the three are timed in turn
 (reference, batched, capbatch; --repeats rounds, medians) at each batch size. Also records capbatch's time
@@ -86,14 +86,14 @@ def _seconds(fn) -> float:
 
 
 def capbatch_run(captioner, pixels) -> tuple[float, float]:
-    """decode_pixels, split: (encoder seconds, decoder-step seconds)."""
-    from capbatch.decoding import decode
+    """hypotheses, split: (encoder seconds, decoder-step seconds)."""
+    from capbatch.decoding import search
 
     bundle = captioner.bundle
     start = time.perf_counter()
     encoded = bundle.encode(pixels)
     middle = time.perf_counter()
-    decode(bundle.step_model(encoded), captioner.options)
+    search(bundle.step_model(encoded), captioner.options)
     return middle - start, time.perf_counter() - middle
 
 

@@ -40,7 +40,7 @@ def parse_args(argv=None):
 
 def timed_split(captioner, pixels: np.ndarray, repeats: int) -> tuple[float, float]:
     """Median (encoder, steps) seconds per image over the images, in batches."""
-    from capbatch.decoding import decode
+    from capbatch.decoding import search
 
     bundle, batch = captioner.bundle, captioner.batch_size
     runs = []
@@ -50,7 +50,7 @@ def timed_split(captioner, pixels: np.ndarray, repeats: int) -> tuple[float, flo
             start = time.perf_counter()
             encoded = bundle.encode(pixels[i : i + batch])
             middle = time.perf_counter()
-            decode(bundle.step_model(encoded), captioner.options)
+            search(bundle.step_model(encoded), captioner.options)
             encoder_s += middle - start
             steps_s += time.perf_counter() - middle
         runs.append((encoder_s / pixels.shape[0], steps_s / pixels.shape[0]))
@@ -64,13 +64,13 @@ def captions(bundle: Path, pixels: np.ndarray, batch: int, steps: int) -> list[t
     captioner = Captioner(bundle, device="cpu", batch_size=batch, max_len=steps)
     tokens = []
     for i in range(0, pixels.shape[0], batch):
-        tokens += [h.tokens for h in captioner.decode_pixels(pixels[i : i + batch])]
+        tokens += [h.tokens for h in captioner.hypotheses(pixels[i : i + batch])]
     return tokens
 
 
 def main(argv=None) -> dict:
     from capbatch.captioner import Captioner
-    from capbatch.decode import decode_image
+    from capbatch.image_decode import decode_image
 
     args = parse_args(argv)
     config = common.CONFIGS[args.config]

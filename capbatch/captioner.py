@@ -20,10 +20,10 @@ import numpy as np
 from PIL import Image
 
 from .bundle import Bundle, Encoded, _stderr_warning, load_bundle
-from .decode import DecodedImage, decode_image
-from .decoding import DecodingOptions, Hypothesis, decode
+from .decoding import DecodingOptions, Hypothesis, search
 from .domain import DomainCheck, DomainScores
 from .errors import InputDecodeError, UsageError
+from .image_decode import DecodedImage, decode_image
 from .preprocess import PreprocessSpec, preprocess_image, upright_size
 from .providers import parse_device
 from .rows import ERROR, OK
@@ -232,13 +232,13 @@ class Captioner:
             for i, (h, image) in enumerate(zip(hypotheses, images))
         ]
 
-    def decode_pixels(self, pixels: np.ndarray) -> list[Hypothesis]:
+    def hypotheses(self, pixels: np.ndarray) -> list[Hypothesis]:
         """pixels (B, S, S, 3) uint8 -> the best hypothesis per image (batched)."""
         return self._run(pixels)[0]
 
     def _run(self, pixels: np.ndarray) -> tuple[list[Hypothesis], Encoded]:
         encoded = self.bundle.encode(pixels)  # once per image, reused by every step
-        return decode(self.bundle.step_model(encoded), self.options), encoded
+        return search(self.bundle.step_model(encoded), self.options), encoded
 
     def _result(
         self, hypothesis: Hypothesis, image: DecodedImage, domain: DomainScores | None, index: int
@@ -246,7 +246,7 @@ class Captioner:
         vocab = self.bundle.vocab
         words = tuple(vocab.tokens[t] for t in hypothesis.tokens)
         return CaptionResult(
-            caption=vocab.decode(hypothesis.tokens),
+            caption=vocab.text(hypothesis.tokens),
             score=float(hypothesis.mean_logprob),
             tokens=hypothesis.tokens,
             status=OK,

@@ -153,7 +153,7 @@ class ArrayStepModel:
 # --------------------------------------------------------------------------- decoding
 
 
-def decode(model: StepModel, options: DecodingOptions) -> list[Hypothesis]:
+def search(model: StepModel, options: DecodingOptions) -> list[Hypothesis]:
     """The best hypothesis per image: greedy for beam_size 1, else beam search."""
     if options.beam_size == 1:
         return greedy_decode(model, options)

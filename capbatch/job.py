@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Protocol
 
 from .captioner import Captioner, CaptionResult, error_result
-from .decode import DecodedImage, decode_image
 from .errors import ExitCode, InputDecodeError, UsageError
+from .image_decode import DecodedImage, decode_image
 from .output import Output, OutputSettings
 from .preprocess import PreprocessSpec
 from .providers import cpu_thread_count

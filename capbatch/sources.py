@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .archives import read_archive
-from .decode import SNIFF_BYTES, sniff_image_format
 from .errors import UsageError, describe_os_error
+from .image_decode import SNIFF_BYTES, sniff_image_format
 
 IMAGE_EXTENSIONS = frozenset(
     {

@@ -30,7 +30,7 @@ class Vocab:
         """The token strings of ids, special tokens removed (one per attention panel)."""
         return [self.tokens[i] for i in ids if i not in self.special_ids]
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def text(self, ids: Sequence[int]) -> str:
         """ids -> text: `word` joins with spaces; `wordpiece` glues "##" pieces on."""
         words = self.words(ids)
         if self.style == "word":

@@ -1,7 +1,7 @@
 """Fit a bundle's domain check on images and write it into the bundle.
 
 The features come from the bundle's own ONNX encoder after the runtime's own
-decoding and resizing (capbatch.decode), so the statistics describe exactly
+decoding and resizing (capbatch.image_decode), so the statistics describe exactly
 what `capbatch caption` will score. Torch-free: onnxruntime, numpy, Pillow.
 
     python -m capbatch.export.domain_stats BUNDLE --images TRAIN [--calibration-images VAL]
@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from capbatch.bundle import Bundle, Encoded, load_bundle
-from capbatch.decode import decode_image
 from capbatch.domain import (
     DEFAULT_POOLING,
     DEFAULT_QUANTILE,
@@ -40,6 +39,7 @@ from capbatch.domain import (
     pool,
 )
 from capbatch.errors import CapbatchError, InputDecodeError, UsageError
+from capbatch.image_decode import decode_image
 from capbatch.manifest import sha256_file, verify_bundle
 
 from .manifest import write_manifest

@@ -106,7 +106,7 @@ def facts_right(bundle: Bundle, tokens: Sequence[tuple[int, ...]], files, truth)
     from capbatch.training.scenes import explain_mismatch
 
     return sum(
-        explain_mismatch(bundle.vocab.decode(t), truth[name]) is None
+        explain_mismatch(bundle.vocab.text(t), truth[name]) is None
         for t, name in zip(tokens, files)
     )
 
@@ -142,8 +142,8 @@ def measure_agreement(
             "examples": [
                 {
                     "image": image_set.files[i],
-                    "reference": reference.vocab.decode(ref[i]),
-                    "candidate": candidate.vocab.decode(got[i]),
+                    "reference": reference.vocab.text(ref[i]),
+                    "candidate": candidate.vocab.text(got[i]),
                 }
                 for i in differ[:EXAMPLES]
             ],

@@ -117,10 +117,10 @@ def test_intra_op_threads_option_keeps_captions(tmp_path):
 
     bundle = make_tiny_bundle()
     pixels = tiny_images()
-    default = Captioner(bundle, device="cpu").decode_pixels(pixels)
+    default = Captioner(bundle, device="cpu").hypotheses(pixels)
     single = Captioner(bundle, device="cpu", intra_op_threads=1)
     assert single.bundle.encoder.get_session_options().intra_op_num_threads == 1
-    assert [h.tokens for h in single.decode_pixels(pixels)] == [h.tokens for h in default]
+    assert [h.tokens for h in single.hypotheses(pixels)] == [h.tokens for h in default]
     with pytest.raises(UsageError):
         Captioner(bundle, device="cpu", intra_op_threads=0)
 

@@ -151,17 +151,17 @@ def test_cuda_fallback_is_reported(fake_bundle, monkeypatch):
 def test_io_bound_step_model_matches_the_array_one(fake_bundle, beam_size):
     # The CUDA path's IO-binding code, run with CPU OrtValues.
     from capbatch.bundle import BoundStepModel
-    from capbatch.decoding import DecodingOptions, decode
+    from capbatch.decoding import DecodingOptions, search
 
     model = load_bundle(fake_bundle, "cpu")
     rng = np.random.default_rng(0)
     encoded = model.encode(rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8))
     options = DecodingOptions(beam_size=beam_size, max_len=8, return_alphas=True)
-    plain = decode(model.step_model(encoded), options)
+    plain = search(model.step_model(encoded), options)
     bound_model = BoundStepModel(
         model.decoder_step, encoded, model.start_id, model.end_id, device_type="cpu"
     )
-    bound = decode(bound_model, options)
+    bound = search(bound_model, options)
     assert [h.tokens for h in bound] == [h.tokens for h in plain]
     for b, p in zip(bound, plain):
         np.testing.assert_allclose(b.token_logprobs, p.token_logprobs, atol=1e-6)

@@ -210,7 +210,7 @@ def test_runtime_matches_pytorch_reference(beam_size, batch_size):
     got = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]  # already the encoder's size: no resize
-        got.extend(h.tokens for h in captioner.decode_pixels(chunk))
+        got.extend(h.tokens for h in captioner.hypotheses(chunk))
     assert [list(t) for t in got] == [list(t) for t in expected]
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
-from capbatch.decode import DEFAULT_MAX_PIXELS, decode_image, sniff_image_format
 from capbatch.errors import InputDecodeError
+from capbatch.image_decode import DEFAULT_MAX_PIXELS, decode_image, sniff_image_format
 from capbatch.preprocess import PreprocessSpec, preprocess_image
 from tests.io_fixtures import (
     BLUE,
@@ -265,15 +265,15 @@ def test_mutated_images_only_ever_raise_input_decode_error():
 
 
 def test_jpeg_scan_work_limit_counts_blocks_over_all_scans(monkeypatch):
-    from capbatch import decode_limits
+    from capbatch import image_limits
 
     data = encode(gradient((320, 240)), "JPEG", progressive=True)
-    facts = decode_limits.read_jpeg(data)
+    facts = image_limits.read_jpeg(data)
     # 320x240 4:2:0: 1200 luma blocks + 2 x 300 chroma blocks; libjpeg writes 10 scans.
     assert sum(facts.blocks.values()) == 1800 and facts.scans == 10 and facts.complete()
-    monkeypatch.setattr(decode_limits, "MAX_JPEG_SCAN_BLOCKS", facts.scan_blocks - 1)
+    monkeypatch.setattr(image_limits, "MAX_JPEG_SCAN_BLOCKS", facts.scan_blocks - 1)
     assert reason_for(data).startswith("JPEG too costly to decode: 10 scans over 1800 blocks")
-    monkeypatch.setattr(decode_limits, "MAX_JPEG_SCAN_BLOCKS", facts.scan_blocks)
+    monkeypatch.setattr(image_limits, "MAX_JPEG_SCAN_BLOCKS", facts.scan_blocks)
     assert decode_image(data, SPEC).width == 320
 
 

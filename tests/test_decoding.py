@@ -10,8 +10,8 @@ from capbatch.decoding import (
     DecodingOptions,
     _top_candidates,
     beam_search,
-    decode,
     greedy_decode,
+    search,
 )
 from capbatch.vocab import Vocab
 
@@ -206,7 +206,7 @@ def test_beam_matches_plain_reference(seed, beam_size):
 
 def test_decode_picks_best_and_alphas_follow_beams():
     fake = RandomRecurrentModel(7, end_bias=0.5)
-    best = decode(fake.model(3), DecodingOptions(beam_size=3, max_len=6, return_alphas=True))
+    best = search(fake.model(3), DecodingOptions(beam_size=3, max_len=6, return_alphas=True))
     ranked = beam_search(fake.model(3), DecodingOptions(beam_size=3, max_len=6))
     assert [h.tokens for h in best] == [r[0].tokens for r in ranked]
     for h in best:
@@ -228,9 +228,9 @@ def test_vocab_styles():
     tokens = ("<pad>", "<start>", "<end>", "<unk>", "a", "red", "##dish", "cube")
     special = frozenset({0, 1, 2})
     word = Vocab(tokens, "word", special)
-    assert word.decode([1, 4, 5, 7, 2, 0]) == "a red cube"
+    assert word.text([1, 4, 5, 7, 2, 0]) == "a red cube"
     piece = Vocab(tokens, "wordpiece", special)
-    assert piece.decode([4, 5, 6, 7]) == "a reddish cube"
-    assert piece.decode([6, 7]) == "dish cube"
+    assert piece.text([4, 5, 6, 7]) == "a reddish cube"
+    assert piece.text([6, 7]) == "dish cube"
     with pytest.raises(ValueError):
         Vocab(tokens, "bpe")

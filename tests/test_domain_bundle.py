@@ -19,9 +19,9 @@ from capbatch.export.domain_stats import main as domain_stats_main
 from capbatch.training.scenes import generate_dataset
 
 from capbatch.bundle import DEFAULT_BUNDLE_DIR, load_bundle
-from capbatch.decode import decode_image
 from capbatch.domain import MANIFEST_KEY, STATS_FILE, DomainCheck
 from capbatch.errors import BundleError
+from capbatch.image_decode import decode_image
 from capbatch.manifest import MANIFEST_FILE, verify_bundle
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from capbatch.captioner import Captioner
-from capbatch.decode import DecodedImage
 from capbatch.errors import UsageError
+from capbatch.image_decode import DecodedImage
 from capbatch.job import (
     ENGINE_ONLY,
     Engine,

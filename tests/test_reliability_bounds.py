@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from capbatch.decode import decode_image
 from capbatch.errors import InputDecodeError
+from capbatch.image_decode import decode_image
 from capbatch.preprocess import PreprocessSpec
 from capbatch.sources import iter_sources
 from tests import bombfiles
@@ -38,7 +38,7 @@ CPU_BOUND_S = 20.0
 DECODE = """
 import json, sys, warnings
 warnings.simplefilter("ignore")
-from capbatch.decode import decode_image
+from capbatch.image_decode import decode_image
 from capbatch.errors import InputDecodeError
 from capbatch.preprocess import PreprocessSpec
 data = open(sys.argv[1], "rb").read()
@@ -180,7 +180,7 @@ def test_decode_errors_hold_no_reference_to_the_input_bytes():
     frame_values = []
     tb = error.__traceback__
     while tb is not None:
-        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("capbatch", "decode.py")):
+        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("capbatch", "image_decode.py")):
             frame_values += list(tb.tb_frame.f_locals.values())
         tb = tb.tb_next
     assert frame_values, "the traceback should include decode_image's frame"

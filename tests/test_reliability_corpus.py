@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from capbatch.cli import main
-from capbatch.decode import decode_image
 from capbatch.errors import ExitCode
+from capbatch.image_decode import decode_image
 from capbatch.preprocess import PreprocessSpec
 from tests.badinputs import (
     HOSTILE_MEMBERS,

@@ -22,8 +22,8 @@ import torch
 
 from capbatch.decoding import DecodingOptions, Hypothesis, StepOutput
 from capbatch.decoding import beam_search as _beam_search
-from capbatch.decoding import decode as _decode
 from capbatch.decoding import greedy_decode as _greedy_decode
+from capbatch.decoding import search as _search
 
 from .model import EncoderDecoder
 
@@ -117,4 +117,4 @@ def beam_search(
 
 def decode_features(model: EncoderDecoder, features: torch.Tensor, beam: int = 1):
     """features (B, L, D) -> the best Hypothesis per image (greedy for beam 1)."""
-    return _decode(TorchStepModel(model, features), _options(model, beam, None, False))
+    return _search(TorchStepModel(model, features), _options(model, beam, None, False))

@@ -110,9 +110,9 @@ class CaptionTokenizer:
         return [self.specials.start, *words, self.specials.end]
 
     def decode(self, ids: Sequence[int]) -> str:
-        """ids -> text by the runtime's rule (capbatch.vocab.Vocab.decode), so training
+        """ids -> text by the runtime's rule (capbatch.vocab.Vocab.text), so training
         metrics read captions exactly as `capbatch caption` writes them."""
-        return self.vocab.decode(ids)
+        return self.vocab.text(ids)
 
     def id_to_token(self, index: int) -> str:
         return self._id_to_token[index]

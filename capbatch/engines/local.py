@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..captioner import Captioner
-from ..decode import DecodedImage
+from ..image_decode import DecodedImage
 from ..job import (
     Decoded,
     RunOptions,

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..bundle import bundle_facts
 from ..captioner import Captioner, CaptionerArgs
-from ..decode import DecodedImage
+from ..image_decode import DecodedImage
 from ..job import Decoded, KeyedItem, caption_batch, decode_or_reason
 from ..preprocess import PreprocessSpec
 from ..rows import ROW_FIELDS, parquet_schema

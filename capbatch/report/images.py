@@ -1,6 +1,6 @@
 """Where a row's image is, and its thumbnail as a data URI.
 
-Thumbnails go through capbatch.decode (the captioning decode path: size limits,
+Thumbnails go through capbatch.image_decode (the captioning decode path: size limits,
 EXIF orientation, CMYK, 16-bit, alpha over white, clear reasons) with a square
 PreprocessSpec, so a card shows the image the way the model framed it. Files
 are read through capbatch.sources (no FIFO hangs, size cap) and archive
@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from PIL import Image, features
 
-from ..decode import decode_image
+from ..image_decode import decode_image
 from ..preprocess import PreprocessSpec
 from ..sources import KEY_SEPARATOR, SourceItem, archive_kind, escape_undecodable, iter_sources
 

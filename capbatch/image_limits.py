@@ -1,6 +1,6 @@
 """What one decode will cost, read from the file's header before any pixel is decoded.
 
-decode.py refuses an input here, with a reason for its row, when:
+image_decode.py refuses an input here, with a reason for its row, when:
 - its JPEG stream asks for too much work: too many scans, or scans x blocks
   beyond a bound (a 2.8 MB progressive JPEG of 10,000 scans took 110 s);
 - decoding and converting it would hold more than a memory budget: the

@@ -6,7 +6,7 @@ to sit in the `error` column of an output row; nothing else escapes. Global
 Pillow state (MAX_IMAGE_PIXELS, LOAD_TRUNCATED_IMAGES) is never changed: the
 pixel limit is checked here, from the header, before any pixel is decoded, and
 so are the memory the whole decode will hold and a JPEG's scan work
-(decode_limits.py); data that ends early is refused after decoding.
+(image_limits.py); data that ends early is refused after decoding.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .decode_limits import (
+from .errors import InputDecodeError, short_message
+from .image_limits import (
     DEFAULT_MAX_DECODE_BYTES,
     DecodePlan,
     JpegFacts,
@@ -29,7 +30,6 @@ from .decode_limits import (
     png_data_shortfall,
     read_jpeg,
 )
-from .errors import InputDecodeError, short_message
 from .preprocess import (
     BAND_BYTES,
     TRANSPOSING_ORIENTATIONS,
@@ -201,7 +201,7 @@ def decode_image(
     Reads only the first frame of animated or multi-page files. Before any pixel
     is decoded, the declared size is checked against max_pixels, the memory the
     decode and conversion will hold against max_decode_bytes, and a JPEG's scans
-    against the work limits (decode_limits). `draft` allows JPEG DCT downscaling
+    against the work limits (image_limits). `draft` allows JPEG DCT downscaling
     for large JPEGs (off: a full decode, as training does, for benchmarks and
     comparisons).
     """
