@@ -391,3 +391,16 @@ def test_report_runs_without_torch(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_csv_cells_guarded_against_formulas_read_back_as_they_were(tmp_path):
+    from capbatch.report.rows import open_rows
+
+    out = tmp_path / "run.csv"
+    out.write_text(
+        "key,path,caption,score,status,error,width,height,model_id\n"
+        "'=HYPERLINK(1).png,'=HYPERLINK(1).png,a red circle,-0.1,ok,,10,10,m\n",
+        encoding="utf-8",
+    )
+    (row,) = list(open_rows(out))
+    assert row.key == "=HYPERLINK(1).png"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MissingDependencyError, UsageError
+from ..output.lines import restore_cell
 
 # Columns with a meaning here; any other column goes to ReportRow.extra.
 KNOWN_COLUMNS = frozenset(
@@ -162,7 +163,8 @@ def _csv_records(path: Path, stream: RowStream) -> Iterator[dict]:
             if None in record:  # more fields than the header: a torn or foreign line
                 stream.unreadable += 1
                 continue
-            yield record
+            # Cells capbatch guarded against spreadsheet formulas read as they were.
+            yield {name: restore_cell(value) for name, value in record.items()}
 
 
 def _jsonl_records(path: Path, stream: RowStream) -> Iterator[dict]:
