@@ -16,7 +16,7 @@ from .cli import app
 from .errors import UsageError
 from .job import Engine
 from .output import FORMATS
-from .providers import Device
+from .providers import Device, EncoderRuntime, Precision
 
 CAPTION_EXAMPLES = """\
 Examples:
@@ -132,6 +132,18 @@ def caption(
         bool,
         typer.Option("--csv-raw", help="CSV: keep cells starting with = + - @ as they are."),
     ] = False,
+    encoder_runtime: Annotated[
+        EncoderRuntime,
+        typer.Option(
+            "--encoder-runtime",
+            help="Who runs the encoder: onnxruntime, or openvino (CPU, the openvino extra; "
+            "refused unless the bundle records its caption agreement).",
+        ),
+    ] = EncoderRuntime.onnxruntime,
+    precision: Annotated[
+        Precision,
+        typer.Option("--precision", help="Encoder precision: f32, or bf16 (openvino only)."),
+    ] = Precision.f32,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
     limit: Annotated[
         int | None,
@@ -233,6 +245,8 @@ def caption(
         batch_size=batch_size,
         return_attention=attention_dir is not None,
         intra_op_threads=threads,
+        encoder_runtime=encoder_runtime.value,
+        precision=precision.value,
     )
     caption_run.model_notice(args.model)
     if dry_run:

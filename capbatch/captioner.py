@@ -25,7 +25,7 @@ from .domain import DomainCheck, DomainScores
 from .errors import InputDecodeError, UsageError
 from .image_decode import DecodedImage, decode_image
 from .preprocess import PreprocessSpec, preprocess_image, upright_size
-from .providers import parse_device
+from .providers import parse_device, parse_encoder_runtime
 from .rows import ERROR, OK
 
 ImageItem = str | Path | bytes | Image.Image | np.ndarray
@@ -114,6 +114,8 @@ class CaptionerArgs:
     batch_size: int = 32
     return_attention: bool = False
     intra_op_threads: int | None = None  # onnxruntime threads per CPU session; None = per core
+    encoder_runtime: str = "onnxruntime"  # or "openvino" (CPU; needs the openvino extra)
+    precision: str = "f32"  # "bf16": OpenVINO only, and only where agreement was recorded
 
     def __post_init__(self) -> None:
         optional = ("max_len", "intra_op_threads")  # None: the model's / one per core
@@ -124,6 +126,7 @@ class CaptionerArgs:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
         parse_device(self.device)  # UsageError naming the choices
+        parse_encoder_runtime(self.encoder_runtime, self.precision, self.device)
 
 
 class Captioner:
@@ -140,13 +143,28 @@ class Captioner:
         return_attention: bool = False,
         warn: Callable[[str], None] = _stderr_warning,
         intra_op_threads: int | None = None,
+        encoder_runtime: str = "onnxruntime",
+        precision: str = "f32",
     ) -> None:
         args = CaptionerArgs(
-            model, device, beam_size, max_len, batch_size, return_attention, intra_op_threads
+            model,
+            device,
+            beam_size,
+            max_len,
+            batch_size,
+            return_attention,
+            intra_op_threads,
+            encoder_runtime,
+            precision,
         )
         self.args = args
         self.bundle: Bundle = load_bundle(
-            args.model, args.device, warn=warn, intra_op_threads=args.intra_op_threads
+            args.model,
+            args.device,
+            warn=warn,
+            intra_op_threads=args.intra_op_threads,
+            encoder_runtime=args.encoder_runtime,
+            precision=args.precision,
         )
         self.options = DecodingOptions(
             beam_size=args.beam_size,
@@ -168,6 +186,8 @@ class Captioner:
             args.batch_size,
             return_attention=args.return_attention,
             intra_op_threads=args.intra_op_threads,
+            encoder_runtime=args.encoder_runtime,
+            precision=args.precision,
             **kwargs,
         )
 

@@ -139,3 +139,35 @@ def test_caption_report_target_is_checked_before_the_model_loads(capsys, tmp_pat
         capsys, "caption", SAMPLES[0], *extra, "--report", page, "--model", tmp_path / "nope"
     )
     assert code == 2 and message in err and not page.exists()
+
+
+# -- --encoder-runtime / --precision: checked before the model loads ---------------------
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--precision", "bf16"], "precision bf16 needs the openvino encoder runtime"),
+        (["--encoder-runtime", "openvino", "--device", "cuda"], "openvino"),
+        (["--encoder-runtime", "tpu"], "--encoder-runtime"),
+    ],
+)
+def test_encoder_runtime_options_are_checked_before_the_model_loads(capsys, tmp_path, extra, message):
+    out = tmp_path / "rows.jsonl"
+    code, _, err = run_cli(
+        capsys, "caption", SAMPLES[0], "--out", out, *extra, "--model", tmp_path / "nope"
+    )
+    assert code == 2 and message in err and "nope" not in err and not out.exists()
+
+
+def test_openvino_on_a_bundle_without_an_agreement_record_is_one_line(capsys, tmp_path):
+    bundle = bundle_copy(tmp_path)
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest.pop("runtime_agreement", None)
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    code, _, err = run_cli(
+        capsys, "caption", SAMPLES[0], "--out", tmp_path / "r.jsonl", "--model", bundle,
+        "--encoder-runtime", "openvino",
+    )  # fmt: skip
+    assert code == 2 and "records no caption agreement for the openvino-f32 encoder" in err
