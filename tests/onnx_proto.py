@@ -51,7 +51,9 @@ def _attribute(name: str, value) -> bytes:
         body = b"".join(_int(8, int(v)) for v in value)
         return _str(1, name) + body + _int(20, _ATTR_INTS)
     if isinstance(value, float):
-        return _str(1, name) + _varint(2 << 3 | 5) + struct.pack("<f", value) + _int(20, _ATTR_FLOAT)
+        return (
+            _str(1, name) + _varint(2 << 3 | 5) + struct.pack("<f", value) + _int(20, _ATTR_FLOAT)
+        )
     return _str(1, name) + _int(3, int(value)) + _int(20, _ATTR_INT)
 
 
