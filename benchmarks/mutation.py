@@ -27,6 +27,15 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests that start capbatch in another process: mutmut 3's trampolines there read
+# their config from that process's working directory, find none, and the test fails
+# whatever the mutant, so they are left out (new ones: put "subprocess" in the name).
+# The same expression is in pyproject.toml's [tool.mutmut].
+NOT_SUBPROCESS = (
+    "not (subprocess or test_cli_runs_without_torch or test_pillow_warnings_do_not_reach_stderr"
+    " or test_sigint_exits_3_with_whole_rows or test_out_dash_piped_into_another_program"
+    " or test_lock_refuses_a_second_run_and_names_it)"
+)
 SECTION = re.compile(r"^\[tool\.mutmut\]\n(?:(?!\[).*\n?)*", re.MULTILINE)
 # mutmut 3 names a mutant <module>.x_<function>__mutmut_<n> (methods: xǁClassǁmethod).
 MODULE_OF = re.compile(r"^(?P<module>.+?)\.x[_ǁ]")
@@ -50,7 +59,7 @@ def narrowed_section(modules: list[str], tests: list[str]) -> str:
         'source_paths = ["capbatch"]',
         f"only_mutate = {json.dumps(modules)}",
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]',
+        f'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-k", "{NOT_SUBPROCESS}"]',
     ]
     return "\n".join(lines) + "\n\n"
 
