@@ -27,6 +27,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# Package data and what tests read from the repo: mutmut copies only the Python
+# files of source_paths (and tests/) into mutants/.
+ALSO_COPY = ["capbatch/models", "capbatch/report/templates", "samples", "docs", "README.md", "benchmarks"]
 # Tests that start capbatch in another process: mutmut 3's trampolines there read
 # their config from that process's working directory, find none, and the test fails
 # whatever the mutant, so they are left out (new ones: put "subprocess" in the name).
@@ -58,6 +61,7 @@ def narrowed_section(modules: list[str], tests: list[str]) -> str:
         "[tool.mutmut]",
         'source_paths = ["capbatch"]',
         f"only_mutate = {json.dumps(modules)}",
+        f"also_copy = {json.dumps(ALSO_COPY)}",
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
         f'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-k", "{NOT_SUBPROCESS}"]',
     ]
@@ -122,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             copy_tree(work)
         configure(work, args.module, args.tests)
         command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)]
-        subprocess.run(command, cwd=work, check=False, stdout=subprocess.DEVNULL)
+        done = subprocess.run(command, cwd=work, capture_output=True, text=True)
+        if "failed to collect stats" in done.stdout + done.stderr:
+            # A test that fails on the unmutated code: mutmut tests nothing then.
+            print((done.stdout + done.stderr)[-3000:], file=sys.stderr)
+            return 2
         report = summarise(results(work))
     finally:
         if args.keep is None:
