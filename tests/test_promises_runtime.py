@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import queue
 import signal
 import subprocess
@@ -69,6 +70,26 @@ def whole_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.split("\n")[:-1]]
 
 
+# The read(2) syscall's number, to see a process wait on its stdin (Linux /proc).
+READ_SYSCALL = {"x86_64": 0, "aarch64": 63}.get(platform.machine())
+
+
+def wait_until_reading_stdin(process: subprocess.Popen) -> None:
+    """Until the main thread sits in read(0, ...): the run has used every path fed
+    and waits for the next one. Only then is it sure not to finish on its own."""
+    if READ_SYSCALL is None:
+        pytest.skip(f"read(2)'s syscall number on {platform.machine()} is not listed here")
+    deadline = time.monotonic() + DEADLINE_S
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            fields = Path(f"/proc/{process.pid}/syscall").read_text().split()
+        except OSError:
+            pytest.skip("needs /proc/<pid>/syscall (Linux)")
+        if fields[:2] == [str(READ_SYSCALL), "0x0"]:
+            return
+        time.sleep(0.01)
+
+
 def wait_for_rows(process, path: Path, at_least: int) -> list[dict]:
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
@@ -95,6 +116,15 @@ def abort_with(process: subprocess.Popen, sig: int) -> None:
             continue
 
 
+def ended_stderr(process: subprocess.Popen) -> str:
+    """stderr for an assertion message: the process is ended first (reading the
+    pipe of a live one would wait for ever)."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    return process.stderr.read()
+
+
 def finish(process: subprocess.Popen) -> tuple[int, str]:
     try:
         code = process.wait(timeout=DEADLINE_S)
@@ -112,7 +142,7 @@ def test_rows_are_on_disk_batch_by_batch_while_the_subprocess_runs(bundle, image
         feed(process, images[:FED])
         rows = wait_for_rows(process, out, 2)
         running = process.poll() is None  # after reading: it ran while the rows were read
-        assert running, process.stderr.read()
+        assert running, ended_stderr(process)
         assert len(rows) >= 2 and [r["key"] for r in rows] == images[: len(rows)]
         assert all(r["status"] == "ok" for r in rows)
         process.stdin.close()  # the end of the list: the run finishes
@@ -133,7 +163,7 @@ def test_out_dash_streams_each_batch_while_the_subprocess_runs(bundle, images, t
     try:
         feed(process, images[:FED])
         first = [json.loads(lines.get(timeout=DEADLINE_S)) for _ in range(2)]
-        assert process.poll() is None, process.stderr.read()
+        assert process.poll() is None, ended_stderr(process)
         assert [r["key"] for r in first] == images[:2]
         process.stdin.close()
         code, err = finish(process)
@@ -157,7 +187,8 @@ def test_second_signal_aborts_a_waiting_subprocess_with_exit_3(
     try:
         feed(process, images[:FED])
         rows = wait_for_rows(process, out, 2)  # the handlers are in place once rows are out
-        assert process.poll() is None and len(rows) >= 2, process.stderr.read()
+        wait_until_reading_stdin(process)
+        assert process.poll() is None and len(rows) >= 2, ended_stderr(process)
         # The first signal only asks the run to stop after its batch; it is waiting
         # for the next path (stdin stays open), so only the second can end it.
         process.send_signal(first)
