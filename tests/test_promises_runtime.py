@@ -51,6 +51,7 @@ def start(bundle, out: str) -> subprocess.Popen:
         "--model", str(bundle), "--batch-size", "2", "--workers", "1", "--format", "jsonl",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("PYTHONUNBUFFERED", None)  # stdout block-buffered, as in a real pipe
     return subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=env,
