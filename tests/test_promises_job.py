@@ -201,3 +201,13 @@ def test_dry_run_counts_done_keys_and_shows_the_first_five(folder, tmp_path):
     assert retry.already_done == 1  # the error row is redone
     fresh = dry_run(RunOptions(inputs=("in",), out=out, overwrite=True), output)
     assert fresh.already_done == 0
+
+
+def test_the_emptiness_check_never_reads_a_list_on_stdin(folder, monkeypatch):
+    import io
+    import sys
+
+    stdin = io.TextIOWrapper(io.BytesIO(b"in/0.png\nin/1.png\n"))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    check_not_empty(RunOptions(from_list="-"))  # a peek would eat the first path
+    assert stdin.buffer.read() == b"in/0.png\nin/1.png\n"
