@@ -315,3 +315,75 @@ def test_main_maps_an_abort_to_exit_3(capsys, monkeypatch):
     monkeypatch.setattr("capbatch.bundle.import_onnxruntime", abort)
     assert main(["info"]) == ExitCode.INTERRUPTED
     assert capsys.readouterr().err == "capbatch: interrupted\n"
+
+
+# -- the remaining options reach what they set ---------------------------------------------
+
+
+def test_beam_size_reaches_the_decoder(capsys, ending_bundle, squares, tmp_path):
+    from capbatch.captioner import Captioner
+
+    for beam in (1, 3):
+        out = tmp_path / f"beam{beam}.jsonl"
+        args = ("--out", out, "--model", ending_bundle, "-q", "--beam-size", str(beam))
+        assert caption(capsys, squares, *args)[0] == ExitCode.OK
+    greedy, beam = jsonl(tmp_path / "beam1.jsonl"), jsonl(tmp_path / "beam3.jsonl")
+    expected = Captioner(ending_bundle, beam_size=3).caption(sorted(squares.glob("*.png")))
+    assert [r["caption"] for r in beam] == [r.caption for r in expected]
+    assert [r["caption"] for r in beam] != [r["caption"] for r in greedy]  # so it shows
+
+
+def test_threads_reach_every_onnxruntime_session(capsys, bundle, squares, tmp_path, monkeypatch):
+    import onnxruntime
+
+    from capbatch.providers import cpu_thread_count
+
+    threads = cpu_thread_count() + 1  # not the default
+    seen = []
+    real = onnxruntime.InferenceSession
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["sess_options"].intra_op_num_threads)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    args = ("--out", tmp_path / "o.csv", "--model", bundle, "-q", "--threads", str(threads))
+    assert caption(capsys, squares, *args)[0] == ExitCode.OK
+    assert seen == [threads, threads]  # encoder and decoder step
+
+
+def test_workers_size_the_decode_pool(capsys, bundle, squares, tmp_path, monkeypatch):
+    from capbatch.engines import local
+    from capbatch.providers import cpu_thread_count
+
+    workers = cpu_thread_count() + 1
+    sizes = []
+    real = local.ThreadPoolExecutor
+
+    def spy(max_workers, **kwargs):
+        sizes.append(max_workers)
+        return real(max_workers, **kwargs)
+
+    monkeypatch.setattr(local, "ThreadPoolExecutor", spy)
+    args = ("--out", tmp_path / "o.csv", "--model", bundle, "-q", "--workers", str(workers))
+    assert caption(capsys, squares, *args)[0] == ExitCode.OK
+    assert sizes == [workers]
+
+
+def test_retry_errors_redoes_only_the_failed_keys(capsys, bundle, squares, tmp_path):
+    (squares / "9.png").write_bytes(b"not a png")
+    out = tmp_path / "o.jsonl"
+    args = (squares, "--out", out, "--model", bundle, "-q")
+    assert caption(capsys, *args)[0] == ExitCode.SOME_FAILED
+    first = {r["key"]: r for r in jsonl(out)}
+    assert first[str(squares / "9.png")]["status"] == "error"
+    (squares / "9.png").write_bytes(png(9))  # repaired
+    assert caption(capsys, *args, "--resume")[0] == ExitCode.OK  # the error row stays
+    assert jsonl(out) == list(first.values())
+    assert caption(capsys, *args, "--retry-errors")[0] == ExitCode.OK
+    rows = jsonl(out)
+    assert sorted(r["key"] for r in rows) == sorted(first)  # each key once
+    assert all(r["status"] == "ok" for r in rows)
+    assert [r for r in rows if r["key"] != str(squares / "9.png")] == [
+        r for k, r in first.items() if k != str(squares / "9.png")
+    ]
