@@ -37,7 +37,9 @@ ALSO_COPY = ["capbatch/models", "capbatch/report/templates", "samples", "docs", 
 NOT_SUBPROCESS = (
     "not (subprocess or test_cli_runs_without_torch or test_pillow_warnings_do_not_reach_stderr"
     " or test_sigint_exits_3_with_whole_rows or test_out_dash_piped_into_another_program"
-    " or test_lock_refuses_a_second_run_and_names_it)"
+    " or test_lock_refuses_a_second_run_and_names_it or test_captioner_imports_no_torch"
+    " or test_from_capbatch_import_captioner_is_lazy_and_callable"
+    " or test_report_runs_without_torch)"
 )
 SECTION = re.compile(r"^\[tool\.mutmut\]\n(?:(?!\[).*\n?)*", re.MULTILINE)
 # mutmut 3 names a mutant <module>.x_<function>__mutmut_<n> (methods: xǁClassǁmethod).
