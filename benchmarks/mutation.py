@@ -8,7 +8,7 @@ Runs in a copy of the working tree (git's tracked and unignored files), so the
 copy's `[tool.mutmut]` section from the arguments: `--module` narrows
 `only_mutate`, `--tests` replaces the test selection. Without `--module` the
 copy keeps the repository's own `[tool.mutmut]` (the scheduled job's scope).
-Prints a score per module (killed + timeout over mutants tested) and every
+Prints a score per module (killed, timed out or crashed over mutants tested) and every
 survivor; docs/testing.md records the results and why each survivor is left.
 
 A scheduled / benchmark job, not CI: one module takes minutes to an hour.
@@ -105,7 +105,8 @@ def summarise(statuses: dict[str, str]) -> dict[str, dict]:
     report = {}
     for module, counts in sorted(by_module.items()):
         tested = sum(counts.values()) - counts["skipped"]
-        caught = counts["killed"] + counts["timeout"]
+        # A mutant that crashes the test process or hangs it was noticed too.
+        caught = counts["killed"] + counts["timeout"] + counts["segfault"]
         report[module] = {
             "counts": dict(counts),
             "score": round(100 * caught / tested, 1) if tested else None,
