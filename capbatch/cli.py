@@ -13,6 +13,9 @@ import typer
 
 from .errors import CapbatchError, ExitCode
 
+# What Typer's main returns for a KeyboardInterrupt; no capbatch command exits 130 itself.
+TYPER_INTERRUPTED = 130
+
 app = typer.Typer(
     name="capbatch",
     help="Batch image captioning with an exported Show-Attend-Tell model.",
@@ -94,6 +97,11 @@ def run_app(
             err=True,
         )
         return int(ExitCode.FATAL)
+    if result == TYPER_INTERRUPTED:
+        # Typer catches a KeyboardInterrupt (a second Ctrl-C/SIGTERM aborting the run)
+        # and returns 130 in non-standalone mode; ours is exit 3, with its line.
+        typer.echo(f"{prog}: interrupted{interrupted_hint}", err=True)
+        return int(ExitCode.INTERRUPTED)
     return result if isinstance(result, int) else int(ExitCode.OK)
 
 

@@ -9,6 +9,7 @@ them; a field no row carries is written as null ("not known"), never 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections import Counter
@@ -76,5 +77,7 @@ def write_stats(path: Path, record: dict) -> None:
         temporary.write_text(text, encoding="utf-8")
         temporary.replace(path)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
+        # Under a parent that is a file, unlink fails too (ENOTDIR, not ENOENT).
+        with contextlib.suppress(OSError):
+            temporary.unlink()
         raise OutputError(f"cannot write --stats-json {path}: {exc.strerror or exc}") from None

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.runtime_fakes import make_fake_bundle
@@ -14,6 +15,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_encoder_precision_benchmark_tiny(tmp_path, monkeypatch):
+    pytest.importorskip("onnx")  # the benchmark builds its int8 variant with onnx
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import encoder_precision
 

@@ -282,6 +282,29 @@ def test_unreadable_file_gives_an_error_item(tmp_path, monkeypatch):
     assert items[1].data == jpeg_bytes()
 
 
+def test_unreadable_directory_gives_an_error_item_and_the_walk_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "d" / "a.jpg", jpeg_bytes())
+    write(tmp_path / "d" / "closed" / "x.jpg", jpeg_bytes())
+    write(tmp_path / "d" / "z.jpg", jpeg_bytes())
+    real_listdir = os.listdir
+
+    def deny(path):
+        if str(path).endswith("closed"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_listdir(path)
+
+    # As for files above: root lists chmod-000 folders anyway, so inject the error.
+    monkeypatch.setattr(sources.os, "listdir", deny)
+    items = list(iter_sources(["d"]))
+    assert keys(items) == ["d/a.jpg", "d/closed", "d/z.jpg"]
+    assert errors(items) == {"d/closed": "cannot list directory: permission denied"}
+    # Given as the input itself, too.
+    assert errors(iter_sources(["d/closed"])) == {
+        "d/closed": "cannot list directory: permission denied"
+    }
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads chmod-000 files anyway")
 def test_chmod_000_file_and_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -1,0 +1,153 @@
+"""Mutation testing (mutmut 3) of chosen capbatch modules against chosen tests.
+
+    python benchmarks/mutation.py --module capbatch/decoding.py \
+        --tests tests/test_decoding.py --max-children 1 --json runs/mutation-decoding.json
+
+Runs in a copy of the working tree (git's tracked and unignored files), so the
+`mutants/` folder mutmut writes never lands in the checkout, and writes the
+copy's `[tool.mutmut]` section from the arguments: `--module` narrows
+`only_mutate`, `--tests` replaces the test selection. Without `--module` the
+copy keeps the repository's own `[tool.mutmut]` (the scheduled job's scope).
+Prints a score per module (killed, timed out or crashed over mutants tested) and every
+survivor; docs/testing.md records the results and why each survivor is left.
+
+A scheduled / benchmark job, not CI: one module takes minutes to an hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Package data and what tests read from the repo: mutmut copies only the Python
+# files of source_paths (and tests/) into mutants/.
+ALSO_COPY = ["capbatch/models", "capbatch/report/templates", "samples", "docs", "README.md", "benchmarks"]
+# Tests that start capbatch in another process: mutmut 3's trampolines there read
+# their config from that process's working directory, find none, and the test fails
+# whatever the mutant, so they are left out (new ones: put "subprocess" in the name).
+# The same expression is in pyproject.toml's [tool.mutmut].
+NOT_SUBPROCESS = (
+    "not (subprocess or test_cli_runs_without_torch or test_pillow_warnings_do_not_reach_stderr"
+    " or test_sigint_exits_3_with_whole_rows or test_out_dash_piped_into_another_program"
+    " or test_lock_refuses_a_second_run_and_names_it or test_captioner_imports_no_torch"
+    " or test_from_capbatch_import_captioner_is_lazy_and_callable"
+    " or test_report_runs_without_torch)"
+)
+SECTION = re.compile(r"^\[tool\.mutmut\]\n(?:(?!\[).*\n?)*", re.MULTILINE)
+# mutmut 3 names a mutant <module>.x_<function>__mutmut_<n> (methods: xǁClassǁmethod).
+MODULE_OF = re.compile(r"^(?P<module>.+?)\.x[_ǁ]")
+
+
+def copy_tree(target: Path) -> None:
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def narrowed_section(modules: list[str], tests: list[str]) -> str:
+    lines = [
+        "[tool.mutmut]",
+        'source_paths = ["capbatch"]',
+        f"only_mutate = {json.dumps(modules)}",
+        f"also_copy = {json.dumps(ALSO_COPY)}",
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
+        f'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-k", "{NOT_SUBPROCESS}"]',
+    ]
+    return "\n".join(lines) + "\n\n"
+
+
+def configure(work: Path, modules: list[str], tests: list[str]) -> None:
+    pyproject = work / "pyproject.toml"
+    text = pyproject.read_text(encoding="utf-8")
+    if not modules:
+        return
+    section = narrowed_section(modules, tests or ["tests"])
+    text = SECTION.sub("", text).rstrip("\n") + "\n\n" + section
+    pyproject.write_text(text, encoding="utf-8")
+
+
+def results(work: Path) -> dict[str, str]:
+    listed = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=work, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    found = {}
+    for line in listed.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if name and "__mutmut_" in name:
+            found[name] = status
+    return found
+
+
+def summarise(statuses: dict[str, str]) -> dict[str, dict]:
+    by_module: dict[str, Counter] = defaultdict(Counter)
+    survivors: dict[str, list[str]] = defaultdict(list)
+    for name, status in sorted(statuses.items()):
+        match = MODULE_OF.match(name)
+        module = match["module"] if match else name.split("__mutmut_")[0]
+        by_module[module][status] += 1
+        if status in ("survived", "no tests"):
+            survivors[module].append(f"{name}: {status}")
+    report = {}
+    for module, counts in sorted(by_module.items()):
+        tested = sum(counts.values()) - counts["skipped"]
+        # A mutant that crashes the test process or hangs it was noticed too.
+        caught = counts["killed"] + counts["timeout"] + counts["segfault"]
+        report[module] = {
+            "counts": dict(counts),
+            "score": round(100 * caught / tested, 1) if tested else None,
+            "survivors": survivors[module],
+        }
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--module", action="append", default=[], help="capbatch/x.py (repeat)")
+    parser.add_argument("--tests", action="append", default=[], help="test file (repeat)")
+    parser.add_argument("--max-children", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write the per-module report here")
+    parser.add_argument("--keep", type=Path, help="work here (kept) instead of a temp folder")
+    args = parser.parse_args(argv)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="capbatch-mutation-"))
+    try:
+        if not (work / "pyproject.toml").exists():
+            copy_tree(work)
+        configure(work, args.module, args.tests)
+        command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)]
+        done = subprocess.run(command, cwd=work, capture_output=True, text=True)
+        if "failed to collect stats" in done.stdout + done.stderr:
+            # A test that fails on the unmutated code: mutmut tests nothing then.
+            print((done.stdout + done.stderr)[-3000:], file=sys.stderr)
+            return 2
+        report = summarise(results(work))
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    for module, entry in report.items():
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(entry["counts"].items()))
+        print(f"{module}: score {entry['score']}% ({counts})")
+        for survivor in entry["survivors"]:
+            print(f"  {survivor}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
