@@ -228,6 +228,16 @@ def check_archive(data: bytes, name: str, scratch: Path) -> str:
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS. VmHWM, not ru_maxrss: Linux keeps ru_maxrss
+    across exec, so a harness started from a big process (pytest) would report
+    its parent's peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # KiB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
