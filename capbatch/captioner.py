@@ -146,17 +146,33 @@ class Captioner:
         encoder_runtime: str = "onnxruntime",
         precision: str = "f32",
     ) -> None:
-        args = CaptionerArgs(
-            model,
-            device,
-            beam_size,
-            max_len,
-            batch_size,
-            return_attention,
-            intra_op_threads,
-            encoder_runtime,
-            precision,
+        self._load(
+            CaptionerArgs(
+                model=model,
+                device=device,
+                beam_size=beam_size,
+                max_len=max_len,
+                batch_size=batch_size,
+                return_attention=return_attention,
+                intra_op_threads=intra_op_threads,
+                encoder_runtime=encoder_runtime,
+                precision=precision,
+            ),
+            warn,
         )
+
+    @classmethod
+    def from_args(
+        cls, args: CaptionerArgs, *, warn: Callable[[str], None] = _stderr_warning
+    ) -> Captioner:
+        """A Captioner from checked arguments (the Ray actors' way in): no field is
+        copied back out of `args`, so a new argument is declared in CaptionerArgs and
+        the constructor's signature only."""
+        captioner = cls.__new__(cls)
+        captioner._load(args, warn)
+        return captioner
+
+    def _load(self, args: CaptionerArgs, warn: Callable[[str], None]) -> None:
         self.args = args
         self.bundle: Bundle = load_bundle(
             args.model,
@@ -174,22 +190,6 @@ class Captioner:
         self.batch_size = args.batch_size
         # None when the bundle has no statistics: rows then leave the domain columns empty.
         self.domain_check = DomainCheck.from_bundle(self.bundle.path, self.bundle.manifest)
-
-    @classmethod
-    def from_args(cls, args: CaptionerArgs, **kwargs) -> Captioner:
-        """A Captioner from checked arguments (kwargs: `warn`)."""
-        return cls(
-            args.model,
-            args.device,
-            args.beam_size,
-            args.max_len,
-            args.batch_size,
-            return_attention=args.return_attention,
-            intra_op_threads=args.intra_op_threads,
-            encoder_runtime=args.encoder_runtime,
-            precision=args.precision,
-            **kwargs,
-        )
 
     @property
     def model_id(self) -> str:
