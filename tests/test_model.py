@@ -201,3 +201,31 @@ def test_layout_init_starts_as_designed_and_sees_where_things_are(torch):
     assert not torch.allclose(h_a, h_b, atol=1e-3) and not torch.allclose(c_a, c_b, atol=1e-3)
     with pytest.raises(ValueError, match="layout_init"):
         _config(layout_init=65)
+
+
+@pytest.mark.parametrize("upto", [1, 3, 5, 7, 8])
+def test_cached_prefix_then_trained_stages_equal_the_whole_encoder(torch, upto):
+    # Partial fine-tuning trains on prefix(images, k) from the cache: running the
+    # remaining stages on it must give exactly what the exported encoder gives.
+    from capbatch.training.model import build_model
+
+    config = _config(feature_taps=(1, 2, 4), position_features=True, colour_grid=4)
+    encoder = build_model(config, pretrained=False).eval().encoder
+    images = torch.randint(0, 256, (3, 224, 224, 3), dtype=torch.uint8)
+    with torch.inference_mode():
+        whole = encoder(images)
+        prefix = encoder.prefix(images, upto)
+        assert prefix.shape == (3, *encoder.prefix_shape(upto))
+        # float32 rounding only (the convolutions see other memory layouts)
+        assert torch.allclose(encoder.from_prefix(prefix, upto), whole, rtol=1e-5, atol=1e-4)
+    assert upto < 8 or torch.equal(prefix, whole)
+
+
+def test_prefix_of_the_last_frozen_stage_is_small_enough_to_cache(torch):
+    from capbatch.training.model import build_model
+
+    config = _config(feature_taps=(1, 2, 4), colour_grid=4, fine_tune_stages=4)
+    encoder = build_model(config, pretrained=False).encoder
+    assert encoder.trainable_from == 4
+    # stage 3's 80 x 14 x 14 activation, taps 1 and 2 pooled to 7 x 7, 49 colour blocks
+    assert encoder.prefix_shape(4) == (80 * 14 * 14 + (24 + 40) * 49 + 49 * 48,)

@@ -120,7 +120,10 @@ def test_same_seed_same_weights(dataset, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in decoder_keys)
 
 
-def test_fine_tuning_trains_only_the_unfrozen_stage_from_images(dataset, tmp_path):
+@pytest.mark.parametrize("frozen_batchnorm", [False, True])
+def test_fine_tuning_trains_only_the_unfrozen_stage_from_cached_prefix(
+    dataset, tmp_path, frozen_batchnorm
+):
     import torch
     from capbatch.training.checkpoint import load_checkpoint
     from capbatch.training.config import ModelConfig, TrainOptions
@@ -139,11 +142,15 @@ def test_fine_tuning_trains_only_the_unfrozen_stage_from_images(dataset, tmp_pat
         threads=1,
         progress=False,
         val_images=2,
+        frozen_batchnorm=frozen_batchnorm,
     )
     fit(options)
     saved = load_checkpoint(tmp_path / "ft" / "last.pt")
     assert saved["config"]["feature_taps"] == [1, 2] and saved["config"]["position_features"]
-    assert not (tmp_path / "ft" / "features").exists()  # a fine-tuned encoder bypasses the cache
+    # The frozen stages' output is cached once: flat rows of what stage 6 hands on.
+    (index,) = (tmp_path / "ft" / "features").glob("*/index.json")
+    shape = json.loads(index.read_text())["shape"]
+    assert shape[1:] == [320 * 7 * 7 + (24 + 40) * 49]
     reference = build_model(ModelConfig.from_dict(saved["config"]))
     last = len(reference.encoder.stages) - 1
     changed = {
@@ -152,6 +159,12 @@ def test_fine_tuning_trains_only_the_unfrozen_stage_from_images(dataset, tmp_pat
         if k.startswith("encoder.stages.") and not torch.equal(v, saved["model"][k])
     }
     assert changed == {str(last)}
+    stats_changed = any(
+        not torch.equal(v, saved["model"][k])
+        for k, v in reference.state_dict().items()
+        if k.startswith(f"encoder.stages.{last}.") and k.endswith(("running_mean", "running_var"))
+    )
+    assert stats_changed is not frozen_batchnorm
 
 
 def test_generated_scenes_select_checkpoints_on_semantic_accuracy(tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 `make_batches(setup)` turns the run's splits into a CaptionTable (every
 training caption as ids), a FeatureSource for the training and validation
-images (cached encoder features, or pixels when the encoder is fine-tuned) and
+images (cached output of the frozen encoder stages, or pixels when every stage
+is fine-tuned) and
 the feature cache itself. Batches are built image-major: an image's captions
 sit next to each other, so its attention projection and initial state are
 computed once per batch, not once per caption (the largest per-step cost on
@@ -74,8 +75,10 @@ def collate(table: CaptionTable, batch: np.ndarray):
 
 
 class FeatureSource:
-    """Encoder inputs for image rows: cached features, or uint8 pixels when the
-    encoder is fine-tuned (it then runs inside TrainStep, so DDP syncs its grads)."""
+    """Encoder inputs for image rows: what the frozen stages hand on (cached; the
+    whole encoder's features when every stage is frozen), or uint8 pixels when
+    every stage is fine-tuned. The trained stages run inside TrainStep, so DDP
+    syncs their grads."""
 
     def __init__(
         self,
@@ -100,8 +103,15 @@ class FeatureSource:
         return torch.from_numpy(pixels).to(device)  # (N, S, S, 3) uint8
 
     def features(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-        inputs = self.inputs(rows, device)
-        return self.model.encoder(inputs) if self.from_images else inputs  # (N, L, D)
+        return encoder_features(self.model, self.inputs(rows, device), self.from_images)
+
+
+def encoder_features(model: EncoderDecoder, inputs: torch.Tensor, from_images: bool):
+    """Pixels or a cached prefix -> region features (N, L, D)."""
+    encoder = model.encoder
+    if from_images:
+        return encoder(inputs)
+    return encoder.from_prefix(inputs, encoder.trainable_from)
 
 
 class TrainStep(nn.Module):
@@ -113,15 +123,16 @@ class TrainStep(nn.Module):
         self.from_images = from_images
 
     def forward(self, inputs: torch.Tensor, captions: torch.Tensor, image_index: torch.Tensor):
-        features = self.model.encoder(inputs) if self.from_images else inputs  # (N, L, D)
+        features = encoder_features(self.model, inputs, self.from_images)  # (N, L, D)
         return self.model.decoder(features, captions, image_index)
 
 
 def open_feature_cache(setup: RunSetup) -> FeatureCache | None:
-    """Encoder features of every image of the dataset (None when the encoder is
-    fine-tuned: it then runs on pixels every step). Rank 0 computes, the other
-    ranks wait and then open what it wrote."""
-    if setup.config.fine_tune_stages:
+    """What the frozen encoder stages give for every image of the dataset (None
+    when every stage is fine-tuned: the encoder then runs on pixels every step).
+    Rank 0 computes, the other ranks wait and then open what it wrote."""
+    upto = setup.model.encoder.trainable_from
+    if upto == 0:
         return None
     options = setup.options
     root = options.cache_dir or setup.out / "features"
@@ -132,10 +143,10 @@ def open_feature_cache(setup: RunSetup) -> FeatureCache | None:
     if setup.dist.main:
         cache = build_feature_cache(
             encoder, items, root, workers=options.workers, device=setup.device,
-            progress=options.progress,
+            progress=options.progress, upto=upto,
         )  # fmt: skip
     barrier(setup)
-    return cache if setup.dist.main else build_feature_cache(encoder, items, root)
+    return cache if setup.dist.main else build_feature_cache(encoder, items, root, upto=upto)
 
 
 def barrier(setup: RunSetup) -> None:

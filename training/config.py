@@ -105,7 +105,7 @@ class ModelConfig:
         0, "Append each region's k x k average colours (0 = off), e.g. 4.", choices=(0, 1, 2, 4, 8)
     )
     fine_tune_stages: int = option(
-        0, "Unfreeze the last N backbone stages (disables the cache)."
+        0, "Unfreeze the last N backbone stages (the frozen ones' output is cached)."
     )
     # Initial LSTM state also from a layout summary: each region projected to
     # this many values, all regions flattened (0 = off: h0/c0 from the mean
@@ -206,6 +206,11 @@ class TrainOptions:
     batch_size: int = option(32, "Captions per batch.")
     lr: float = option(3e-4, "Learning rate of the decoder.")
     encoder_lr: float = option(1e-4, "LR of fine-tuned encoder stages.")
+    # A model rebuilt from a bundle (training/from_bundle.py) has its BatchNorm
+    # folded into the convolutions: batch statistics would undo the fold.
+    frozen_batchnorm: bool = option(
+        False, "Fine-tuned stages keep their BatchNorm statistics (eval mode)."
+    )
     weight_decay: float = option(0.0, "Adam weight decay.")
     grad_clip: float = option(5.0, "Max gradient norm (0 = off).")
     lr_schedule: str = option(

@@ -12,6 +12,10 @@ Layout of one cache (a directory per encoder fingerprint under the cache root):
     <root>/<fingerprint[:16]>/features.f16    raw float16, shape (N, L, D), row i = names[i]
                                               whose file had sha256 digests[i]
 
+Partial fine-tuning (the last N stages trained) caches instead what the frozen
+stages hand on, flat per image: shape (N, F) (ImageEncoder.prefix), and the
+fingerprint then covers only the frozen stages' weights.
+
 The fingerprint hashes the encoder-relevant config (backbone, taps, positions,
 normalisation, preprocessing) and every encoder tensor, so a different
 encoder or weights file can never be served stale features. A row is keyed on
@@ -55,9 +59,11 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def encoder_fingerprint(encoder: ImageEncoder) -> str:
-    """sha256 of what determines the encoder's output: config fields and weights."""
+def encoder_fingerprint(encoder: ImageEncoder, upto: int | None = None) -> str:
+    """sha256 of what determines the cached output: config fields and weights
+    (of stages [0, upto) only when the cache holds a frozen prefix)."""
     config = encoder.config
+    whole = upto is None or upto == len(encoder.stages)
     relevant = {
         "encoder": config.encoder,
         "feature_taps": list(config.feature_taps),
@@ -67,8 +73,12 @@ def encoder_fingerprint(encoder: ImageEncoder) -> str:
         "std": list(config.std),
         "preprocess": config.preprocess.to_dict(),
     }
+    if not whole:
+        relevant["prefix_stages"] = upto
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
     for name, tensor in sorted(encoder.state_dict().items()):
+        if not whole and name.startswith("stages.") and int(name.split(".")[1]) >= upto:
+            continue  # trained stages: not part of what the prefix cache holds
         digest.update(name.encode())
         raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
         digest.update(raw.numpy().tobytes())
@@ -126,7 +136,7 @@ class FeatureCache:
         return np.array([row_of[n] for n in names], dtype=np.int64)
 
     def batch(self, rows: np.ndarray) -> torch.Tensor:
-        """float32 features (B, L, D) for cache rows."""
+        """float32 features (B, L, D) for cache rows ((B, F) for a prefix cache)."""
         return torch.from_numpy(np.asarray(self.features[rows], dtype=np.float32))
 
     @classmethod
@@ -160,10 +170,15 @@ def build_feature_cache(
     workers: int = 2,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    upto: int | None = None,
 ) -> FeatureCache:
     """Features for every (name, path) as its file is now, computing only rows
-    not cached yet (new images, and images whose bytes changed)."""
-    fingerprint = encoder_fingerprint(encoder)
+    not cached yet (new images, and images whose bytes changed).
+
+    upto: cache only what the first `upto` stages hand on (ImageEncoder.prefix;
+    partial fine-tuning trains the rest); None: the whole encoder's features."""
+    upto = len(encoder.stages) if upto is None else upto
+    fingerprint = encoder_fingerprint(encoder, upto)
     directory = Path(cache_root) / fingerprint[:16]
     directory.mkdir(parents=True, exist_ok=True)
     existing = FeatureCache.open(directory, fingerprint)
@@ -178,7 +193,7 @@ def build_feature_cache(
     kept = list(zip(existing.names, existing.digests)) if existing else []
     names = [n for n, _ in kept + todo]
     config = encoder.config
-    shape = (len(names), config.num_regions, config.encoder_dim)
+    shape = (len(names), *encoder.prefix_shape(upto))
 
     partial_index = directory / (INDEX_FILE + PARTIAL)
     partial_data = directory / (DATA_FILE + PARTIAL)
@@ -206,7 +221,7 @@ def build_feature_cache(
             pixels = torch.from_numpy(
                 load_images([paths[n] for n in chunk], config.preprocess, pool)
             )
-            features = encoder(pixels.to(device))  # (B, L, D)
+            features = encoder.prefix(pixels.to(device), upto)  # (B, L, D) when whole
             out[start : start + len(chunk)] = features.float().cpu().numpy().astype(np.float16)
             out.flush()
             _write_index(partial_index, {**index, "filled": start + len(chunk)})

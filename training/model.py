@@ -197,31 +197,94 @@ class ImageEncoder(nn.Module):
         )  # (B, g, g, 3, k, k)
         return blocks.reshape(b, grid * grid, 3 * k * k)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _normalised(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float()  # (B, 3, H, W)
-        x = (x - self.mean) / self.std
-        pixels = x
-        taps = []
-        for index, stage in enumerate(self.stages):
-            x = stage(x)
-            if index in self.config.feature_taps:
-                taps.append(x)
-        # A static int (not x.shape[-1]) so tracing for ONNX keeps the pooling sizes constant.
-        grid = self.config.grid_size
-        # Fixed-kernel pooling (stage stride -> 32): exact for sizes divisible by 32,
-        # and unlike adaptive pooling it exports to ONNX with a static kernel.
+        return (x - self.mean) / self.std
+
+    def _run_stages(self, x: torch.Tensor, start: int, stop: int, taps: list) -> torch.Tensor:
+        """Stages [start, stop) on x; each tapped stage's output pooled to the grid into taps."""
         strides = BACKBONE_STAGE_STRIDES[self.config.encoder]
-        maps = [x] + [
-            F.avg_pool2d(t, 32 // strides[tap]) if strides[tap] < 32 else t
-            for tap, t in zip(self.config.feature_taps, taps)
-        ]
-        x = torch.cat(maps, dim=1)  # (B, D', g, g)
+        for index in range(start, stop):
+            x = self.stages[index](x)
+            if index in self.config.feature_taps:
+                # Fixed-kernel pooling (stage stride -> 32): exact for sizes divisible
+                # by 32, and unlike adaptive pooling it exports to ONNX with a static kernel.
+                stride = strides[index]
+                taps.append(F.avg_pool2d(x, 32 // stride) if stride < 32 else x)
+        return x
+
+    def _regions(self, x: torch.Tensor, taps: list, colour: torch.Tensor | None) -> torch.Tensor:
+        x = torch.cat([x, *taps], dim=1)  # (B, D', g, g)
         regions = x.flatten(2).transpose(1, 2)  # (B, L, D')
-        if self.config.colour_grid:
-            regions = torch.cat([regions, self._colour_blocks(pixels, grid)], -1)
+        if colour is not None:
+            regions = torch.cat([regions, colour], -1)
         if self.config.position_features:
             regions = torch.cat([regions, self.positions.expand(regions.shape[0], -1, -1)], -1)
         return regions  # (B, L, D)
+
+    def _colour(self, pixels: torch.Tensor) -> torch.Tensor | None:
+        # A static int (not x.shape[-1]) so tracing for ONNX keeps the pooling sizes constant.
+        grid = self.config.grid_size
+        return self._colour_blocks(pixels, grid) if self.config.colour_grid else None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = self._normalised(images)
+        taps: list[torch.Tensor] = []
+        x = self._run_stages(pixels, 0, len(self.stages), taps)
+        return self._regions(x, taps, self._colour(pixels))
+
+    # Frozen stages give the same output every epoch, so partial fine-tuning can
+    # cache what the frozen stages hand on (their last activation, their pooled
+    # taps, the colour blocks) and run only the trainable stages per step: on
+    # CPU the early high-resolution stages are most of an epoch's time.
+
+    def prefix_shape(self, upto: int) -> tuple[int, ...]:
+        """Shape of one image's `prefix(images, upto)`: (L, D) when every stage is in it."""
+        config = self.config
+        if upto == len(self.stages):
+            return (config.num_regions, config.encoder_dim)
+        return (sum(self._prefix_sizes(upto)),)
+
+    def _prefix_sizes(self, upto: int) -> list[int]:
+        config = self.config
+        channels = BACKBONE_STAGE_CHANNELS[config.encoder]
+        strides = BACKBONE_STAGE_STRIDES[config.encoder]
+        side = config.preprocess.size // strides[upto - 1]
+        sizes = [channels[upto - 1] * side * side]
+        sizes += [channels[t] * config.num_regions for t in config.feature_taps if t < upto]
+        if config.colour_grid:
+            sizes.append(config.num_regions * 3 * config.colour_grid**2)
+        return sizes
+
+    def prefix(self, images: torch.Tensor, upto: int) -> torch.Tensor:
+        """uint8 images -> what stages [0, upto) hand on, (B, *prefix_shape(upto))."""
+        if not 1 <= upto <= len(self.stages):
+            raise ValueError(f"prefix needs 1..{len(self.stages)} stages, got {upto}")
+        pixels = self._normalised(images)
+        taps: list[torch.Tensor] = []
+        x = self._run_stages(pixels, 0, upto, taps)
+        colour = self._colour(pixels)
+        if upto == len(self.stages):
+            return self._regions(x, taps, colour)
+        parts = [x, *taps] + ([colour] if colour is not None else [])
+        return torch.cat([p.flatten(1) for p in parts], 1)
+
+    def from_prefix(self, prefix: torch.Tensor, upto: int) -> torch.Tensor:
+        """`prefix(images, upto)` -> the same regions forward(images) gives."""
+        if upto == len(self.stages):
+            return prefix
+        config = self.config
+        channels = BACKBONE_STAGE_CHANNELS[config.encoder]
+        parts = list(torch.split(prefix, self._prefix_sizes(upto), dim=1))
+        b, g = prefix.shape[0], config.grid_size
+        side = int(round((parts[0].shape[1] / channels[upto - 1]) ** 0.5))
+        x = parts.pop(0).reshape(b, channels[upto - 1], side, side)
+        taps = [
+            parts.pop(0).reshape(b, channels[t], g, g) for t in config.feature_taps if t < upto
+        ]
+        colour = parts.pop(0).reshape(b, config.num_regions, -1) if config.colour_grid else None
+        x = self._run_stages(x, upto, len(self.stages), taps)
+        return self._regions(x, taps, colour)
 
 
 # --------------------------------------------------------------------------- decoder

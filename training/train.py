@@ -220,6 +220,10 @@ class EpochLoop:
         torch.manual_seed(options.seed * 100_003 + epoch)  # dropout: reproducible on resume
         mine = self.my_batches(epoch)
         setup.model.train()
+        if options.frozen_batchnorm:
+            for module in setup.model.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         started = time.perf_counter()
         loss_sum, loss_count = 0.0, 0
         bar = _bar(len(mine), f"epoch {epoch}/{options.epochs}", options.progress and setup.dist.main)
