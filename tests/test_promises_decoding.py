@@ -1,5 +1,5 @@
 """capbatch.decoding's public contract where mutation testing found it unguarded:
-decode()'s dispatch, the option limits and messages, and the best-k order when the
+search()'s dispatch, the option limits and messages, and the best-k order when the
 vocabulary is no larger than the beam (docs/testing.md)."""
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from capbatch import decoding
 from capbatch.decoding import DecodingOptions, _top_candidates, beam_search, greedy_decode
 from tests.test_decoding import RandomRecurrentModel
 
-# decoding.decode is decoding.search on main since b215194 (names say which decode):
-# this file runs on both sides of that merge; drop the fallback once merged.
-decode = getattr(decoding, "search", None) or decoding.decode
+decode = decoding.search
 
 
 def test_decode_is_greedy_for_beam_1_and_the_best_beam_otherwise():

@@ -157,9 +157,7 @@ def test_reason_group(reason, group):
 
 
 def text_of(vocab: Vocab, ids: list[int]) -> str:
-    # Vocab.decode is Vocab.text on main since b215194: this file runs on both sides
-    # of that merge; call vocab.text directly once merged.
-    return (getattr(vocab, "text", None) or vocab.decode)(ids)
+    return vocab.text(ids)
 
 
 def test_word_vocab_joins_tokens_as_they_are():
