@@ -51,6 +51,20 @@ def test_set_up_then_batches(dataset, tmp_path):
     assert tuple(features.shape) == (2, setup.config.num_regions, setup.config.encoder_dim)
 
 
+def test_captions_per_image_keeps_each_images_first_captions(dataset, tmp_path):
+    from capbatch.training.batches import make_batches
+    from capbatch.training.setup import Distributed, set_up
+
+    options = _options(dataset, tmp_path / "run", captions_per_image=1)
+    setup = set_up(options, Distributed(), tmp_path / "run")
+    table = make_batches(setup).table
+    assert table.image_of.tolist() == list(range(6))  # one caption per training image
+    firsts = [setup.tokenizer.caption_ids(im.captions[0], 30) for im in setup.train_images]
+    assert table.captions == firsts
+    with pytest.raises(ValueError, match="captions_per_image"):
+        _options(dataset, tmp_path / "x", captions_per_image=-1)
+
+
 def test_epoch_loop_steps_lower_the_loss(dataset, tmp_path):
     from capbatch.training.batches import make_batches
     from capbatch.training.selection import ValidationScorer

@@ -37,11 +37,12 @@ class CaptionTable:
 
 
 def caption_table(
-    images: list[CaptionedImage], tokenizer: CaptionTokenizer, max_len: int
+    images: list[CaptionedImage], tokenizer: CaptionTokenizer, max_len: int, per_image: int = 0
 ) -> CaptionTable:
+    """per_image: the first N captions of each image (0 = all)."""
     image_of, captions = [], []
     for row, image in enumerate(images):
-        for text in image.captions:
+        for text in image.captions[: per_image or None]:
             image_of.append(row)
             captions.append(tokenizer.caption_ids(text, max_len))
     return CaptionTable(
@@ -167,7 +168,10 @@ class Batches:
 def make_batches(setup: RunSetup) -> Batches:
     cache = open_feature_cache(setup)
     workers = setup.options.workers
-    table = caption_table(setup.train_images, setup.tokenizer, setup.config.max_len)
+    table = caption_table(
+        setup.train_images, setup.tokenizer, setup.config.max_len,
+        setup.options.captions_per_image,
+    )  # fmt: skip
     return Batches(
         table,
         FeatureSource(setup.model, setup.train_images, cache, workers),

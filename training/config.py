@@ -232,6 +232,12 @@ class TrainOptions:
         "With --tokenizer: keep only the tokens the training captions use (at least "
         "--min-word-freq times), so the decoder's vocabulary layers shrink to match.",
     )
+    # Scenes list their canonical caption first: training on it alone teaches one
+    # wording per fact, so greedy decoding is not left at a near tie between
+    # paraphrases (which any small change of the features can flip).
+    captions_per_image: int = option(
+        0, "Train on the first N captions of each image (0 = all)."
+    )
     patience: int = option(5, "Early stopping patience in epochs (0 = off).")
     select_on: str = option(
         "auto",
@@ -272,8 +278,8 @@ class TrainOptions:
             raise ValueError("learning rates must be > 0")
         if self.grad_clip < 0 or self.attention_weight < 0 or self.weight_decay < 0:
             raise ValueError("grad_clip, attention_weight and weight_decay must be >= 0")
-        if self.patience < 0 or self.val_images < 0 or self.threads < 0:
-            raise ValueError("patience, val_images and threads must be >= 0")
+        if min(self.patience, self.val_images, self.threads, self.captions_per_image) < 0:
+            raise ValueError("patience, val_images, threads and captions_per_image must be >= 0")
         if self.model.max_len < 2:
             raise ValueError("max_len must be >= 2")
         if self.group_by:
