@@ -99,11 +99,12 @@ def test_csv_jsonl_and_parquet_outputs_read_the_same(tmp_path):
 def test_unknown_columns_are_kept_and_missing_ones_are_none():
     row = to_report_row(
         {"key": "x.jpg", "caption": "two dots", "in_domain": "False", "truncated": "1",
-         "domain_distance": "0.75", "lang": "en", "score": "nan"},
+         "repeated": "true", "domain_distance": "0.75", "lang": "en", "score": "nan"},
         index=4,
     )  # fmt: skip
     assert (row.index, row.key, row.caption, row.status) == (4, "x.jpg", "two dots", "ok")
     assert (row.in_domain, row.truncated, row.domain_distance) == (False, True, 0.75)
+    assert row.repeated is True
     assert row.score is None and row.width is None and row.model_id is None
     assert row.extra == {"lang": "en"}
     failed = to_report_row({"key": "y.jpg", "status": "error"}, index=0)
@@ -166,19 +167,21 @@ def test_the_page_asks_for_nothing_from_the_network(tmp_path):
 
 def test_header_counts_errors_by_reason_and_flags_when_present(tmp_path):
     records = [
-        record("a.png", in_domain="true", truncated="false"),
-        record("b.png", in_domain="false", truncated="true"),
+        record("a.png", in_domain="true", truncated="false", repeated="true"),
+        record("b.png", in_domain="false", truncated="true", repeated="false"),
         record("c.png", status="error", caption="", error="image too large: 900 pixels > limit 10"),
         record("d.png", status="error", caption="", error="image too large: 800 pixels > limit 10"),
         record("e.png", status="error", caption="", error="empty file (0 bytes)"),
     ]
-    run = write_csv(tmp_path / "run.csv", records, FIELDS + ["in_domain", "truncated"])
+    run = write_csv(tmp_path / "run.csv", records, FIELDS + ["in_domain", "truncated", "repeated"])
     result = write_report(run, tmp_path / "r.html")
     text = result.out.read_text()
     assert 'id="count-errors">3 (60.0 %)' in text
     assert 'id="count-out-of-domain">1 (20.0 %)' in text and 'id="count-in-domain">1' in text
     assert 'id="count-truncated">1 (20.0 %)' in text
     assert 'id="out-of-domain"' in text and 'id="truncated"' in text
+    assert 'id="count-repeated">1 (20.0 %)' in text and 'id="repeated"' in text
+    assert [row.get("repeated") for row in page_rows(result.out)] == [True, False, None, None, None]
     groups = {g.pattern: g.count for g in result.summary.reasons}
     assert groups == {"image too large: N pixels > limit N": 2, "empty file (N bytes)": 1}
     assert [row.get("reason") for row in page_rows(result.out)] == [None, None, 0, 0, 1]
@@ -186,6 +189,7 @@ def test_header_counts_errors_by_reason_and_flags_when_present(tmp_path):
     plain = write_report(write_csv(tmp_path / "p.csv", records[:1]), tmp_path / "p.html")
     plain_text = plain.out.read_text()
     assert 'id="count-out-of-domain"' not in plain_text and 'id="truncated"' not in plain_text
+    assert 'id="repeated"' not in plain_text
 
 
 # -- thumbnails -------------------------------------------------------------------------

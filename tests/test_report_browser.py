@@ -202,7 +202,10 @@ def test_hostile_names_stay_text_and_flags_filter(open_page, tmp_path):
     for row in rows:  # the columns other engineers' runs add: flags must filter
         row["in_domain"] = "false" if HOSTILE_KEY in row["key"] else "true"
         row["truncated"] = "true" if row["key"].endswith("plain.png") else "false"
-    flagged = write_csv(tmp_path / "flagged.csv", rows, FIELDS + ["in_domain", "truncated"])
+        row["repeated"] = "true" if HOSTILE_KEY in row["key"] else "false"
+    flagged = write_csv(
+        tmp_path / "flagged.csv", rows, FIELDS + ["in_domain", "truncated", "repeated"]
+    )
     html = tmp_path / "r.html"
     assert main(["report", str(flagged), "--out", str(html), "-q"]) == 0
 
@@ -217,6 +220,10 @@ def test_hostile_names_stay_text_and_flags_filter(open_page, tmp_path):
     page.page.check("#truncated")
     assert page.texts("#grid .card .key") == [str(photos / "plain.png")]
     page.page.uncheck("#truncated")
+    page.page.check("#repeated")
+    assert page.texts("#grid .card .key") == [str(photos / HOSTILE_KEY)]
+    assert page.texts("#grid .card .flag.repeated") == ["repeated words"]
+    page.page.uncheck("#repeated")
     page.page.select_option("#status", "error")
     assert page.texts("#grid .card .key") == [str(photos / "broken.jpg")]
     assert page.texts("#grid .card .reason-text") == ["truncated JPEG"]

@@ -129,7 +129,8 @@ def _row_payload(row: ReportRow, summary: RunSummary) -> dict:
         "i": row.index, "key": row.key, "path": row.path, "caption": row.caption,
         "score": row.score, "ok": row.ok, "error": row.error, "width": row.width,
         "height": row.height, "model": row.model_id, "inDomain": row.in_domain,
-        "distance": row.domain_distance, "truncated": row.truncated, "extra": row.extra or None,
+        "distance": row.domain_distance, "truncated": row.truncated, "repeated": row.repeated,
+        "extra": row.extra or None,
     }  # fmt: skip
     if not row.ok:
         payload["reason"] = summary.group_of(row.error or "")

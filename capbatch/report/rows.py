@@ -24,7 +24,7 @@ from ..output.lines import restore_cell
 KNOWN_COLUMNS = frozenset(
     {
         "key", "path", "caption", "score", "status", "error", "width", "height", "model_id",
-        "in_domain", "domain_distance", "truncated", "attention",
+        "in_domain", "domain_distance", "truncated", "repeated", "attention",
     }
 )  # fmt: skip
 # Ray shard bookkeeping columns: not row data, never shown.
@@ -50,6 +50,7 @@ class ReportRow:
     in_domain: bool | None = None
     domain_distance: float | None = None
     truncated: bool | None = None
+    repeated: bool | None = None  # a 1-3 word run repeated back to back
     attention: str | None = None  # a path to this row's attention PNG, when the output names one
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -148,6 +149,7 @@ def to_report_row(record: dict, index: int) -> ReportRow:
         in_domain=_bool(record.get("in_domain")),
         domain_distance=_float(record.get("domain_distance")),
         truncated=_bool(record.get("truncated")),
+        repeated=_bool(record.get("repeated")),
         attention=_text(record.get("attention")),
         extra=extra,
     )

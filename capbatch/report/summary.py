@@ -40,6 +40,8 @@ class RunSummary:
     domain_known: int = 0  # rows that carry in_domain at all
     truncated: int = 0
     truncation_known: int = 0
+    repeated: int = 0
+    repetition_known: int = 0
     attention_named: int = 0  # rows whose output names an attention map
     scored: int = 0
     score_min: float | None = None
@@ -54,6 +56,10 @@ class RunSummary:
     @property
     def has_truncation(self) -> bool:
         return self.truncation_known > 0
+
+    @property
+    def has_repetition(self) -> bool:
+        return self.repetition_known > 0
 
     @property
     def score_mean(self) -> float | None:
@@ -99,6 +105,9 @@ class RunSummary:
         if row.truncated is not None:
             self.truncation_known += 1
             self.truncated += row.truncated
+        if row.repeated is not None:
+            self.repetition_known += 1
+            self.repeated += row.repeated
         self.attention_named += row.attention is not None
         for name in row.extra:
             if name not in self.extra_columns and len(self.extra_columns) < 50:

@@ -6,7 +6,7 @@
   const rows = JSON.parse(document.getElementById("report-rows").textContent);
   const $ = (id) => document.getElementById(id);
   const grid = $("grid");
-  const state = { search: "", status: "all", ood: false, truncated: false, reason: null, sort: "order", page: 0, size: 100 };
+  const state = { search: "", status: "all", ood: false, truncated: false, repeated: false, reason: null, sort: "order", page: 0, size: 100 };
   let visible = [];
 
   function el(tag, className, text) {
@@ -21,6 +21,7 @@
     if (state.status === "error" && row.ok) return false;
     if (state.ood && row.inDomain !== false) return false;
     if (state.truncated && row.truncated !== true) return false;
+    if (state.repeated && row.repeated !== true) return false;
     if (state.reason !== null && row.reason !== state.reason) return false;
     if (!needle) return true;
     return ((row.caption || "") + "\n" + row.key).toLowerCase().includes(needle);
@@ -48,6 +49,7 @@
     if (!row.ok) out.push(el("span", "flag error", "error"));
     if (row.inDomain === false) out.push(el("span", "flag ood", "out of domain"));
     if (row.truncated === true) out.push(el("span", "flag truncated", "truncated"));
+    if (row.repeated === true) out.push(el("span", "flag repeated", "repeated words"));
     return out;
   }
 
@@ -150,6 +152,7 @@
     if (row.inDomain !== undefined) field(table, "in domain", row.inDomain ? "yes" : "no");
     if (row.distance !== undefined) field(table, "domain distance", row.distance.toFixed(4));
     if (row.truncated !== undefined) field(table, "truncated", row.truncated ? "yes" : "no");
+    if (row.repeated !== undefined) field(table, "repeated words", row.repeated ? "yes" : "no");
     field(table, "model", row.model);
     if (row.attention && row.attention.error) field(table, "attention", row.attention.error);
     Object.entries(row.extra || {}).forEach(([name, value]) => field(table, name, value));
@@ -166,6 +169,7 @@
   bind("status", "change", (node) => { state.status = node.value; });
   bind("out-of-domain", "change", (node) => { state.ood = node.checked; });
   bind("truncated", "change", (node) => { state.truncated = node.checked; });
+  bind("repeated", "change", (node) => { state.repeated = node.checked; });
   bind("sort", "change", (node) => { state.sort = node.value; });
   bind("page-size", "change", (node) => { state.size = Number(node.value); });
   document.querySelectorAll("button.reason").forEach((button) => {
