@@ -231,6 +231,7 @@ def caption(
     # Everything about options, output and inputs, before the model loads.
     preflight(options, engine)
     caption_run.check_report_target(report, options)
+    caption_run.check_file_target("--stats-json", stats_json, options, "the JSON file")
     if engine is Engine.ray:
         from .engines.ray_options import import_ray
 

@@ -4,6 +4,7 @@ summary lines, exit code). The Typer declaration lives in caption_cli.py."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -122,10 +123,25 @@ def check_report_target(report: Path | None, options) -> None:
         return
     if str(options.out) == "-":
         raise UsageError("--report needs the rows in a file: not with --out -")
-    if report.resolve() == options.out.resolve():
-        raise UsageError(f"--report {report} would overwrite the output itself")
-    if report.is_dir():
-        raise UsageError(f"--report {report} is a directory; name the HTML file to write")
+    check_file_target("--report", report, options, "the HTML file")
+
+
+def check_file_target(flag: str, path: Path | None, options, what: str) -> None:
+    """Refuse, before the model loads, a file written only at the end of the run
+    (--report, --stats-json) that could not be written then."""
+    if path is None:
+        return
+    if str(options.out) != "-" and path.resolve() == options.out.resolve():
+        raise UsageError(f"{flag} {path} would overwrite the output itself")
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory; name {what} to write")
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:  # created at the end
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: no permission to write in {folder}")
 
 
 def finish(summary, quiet: bool, stats_json: Path | None, report: Path | None, options) -> None:

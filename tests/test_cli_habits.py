@@ -57,6 +57,11 @@ def test_typo_input_is_exit_2_one_line_and_no_output(capsys, photos, tmp_path):
         (("--out", "-", "--engine", "ray"), "--out - applies to the local engine only"),
         (("--out", "existing.jsonl"), "existing.jsonl already exists; pass --resume"),
         (("--out", "x.csv", "--glob", "*.nothing"), "no images found under"),
+        # written at the end of the run: a target that cannot be written is refused now
+        (("--out", "x.csv", "--stats-json", "existing.jsonl/s.json"),
+         "--stats-json existing.jsonl/s.json: "),
+        (("--out", "x.csv", "--stats-json", "."), "--stats-json . is a directory"),
+        (("--out", "x.csv", "--stats-json", "x.csv"), "would overwrite the output itself"),
     ],
 )
 def test_option_errors_come_before_the_model_loads(
