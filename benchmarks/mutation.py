@@ -46,6 +46,11 @@ SECTION = re.compile(r"^\[tool\.mutmut\]\n(?:(?!\[).*\n?)*", re.MULTILINE)
 MODULE_OF = re.compile(r"^(?P<module>.+?)\.x[_ǁ]")
 
 
+# pyproject's package-dir installs these folders as capbatch subpackages; mutmut
+# imports capbatch from its copy, so the copy gets them where the install puts them.
+SUBPACKAGES = {"export": "capbatch/export", "training": "capbatch/training"}
+
+
 def copy_tree(target: Path) -> None:
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],
@@ -56,6 +61,8 @@ def copy_tree(target: Path) -> None:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
+    for folder, inside in SUBPACKAGES.items():
+        shutil.copytree(target / folder, target / inside, dirs_exist_ok=True)
 
 
 def narrowed_section(modules: list[str], tests: list[str]) -> str:
