@@ -80,6 +80,12 @@ def test_only_writes_a_subset_with_the_same_bytes(tmp_path, dataset):
     assert json.loads((part / "splits.json").read_text())["only"] == sorted(
         ["test", RENDERER_SPLIT]
     )
+    # ... and `capbatch-train eval` reads it: "only" is not a split of image names.
+    from capbatch.training.data import read_dataset
+
+    read = read_dataset(part)
+    assert "only" not in read.splits
+    assert [im.name for im in read.splits["test"]] == part_splits["test"]
 
 
 def test_v2_plans_the_same_facts_as_v1_for_a_seed(tmp_path, records):

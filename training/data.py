@@ -268,6 +268,11 @@ def _read_flickr_splits(root: Path, captions: dict[str, list[str]]) -> dict[str,
     return splits
 
 
+# Lists in splits.json that are not splits: a partial scenes dataset (--only)
+# records which splits it wrote.
+NOT_SPLITS = frozenset({"only"})
+
+
 def _read_splits_json(path: Path, captions: dict[str, list[str]]) -> dict[str, list[str]] | None:
     if not path.is_file():
         return None
@@ -281,7 +286,7 @@ def _read_splits_json(path: Path, captions: dict[str, list[str]]) -> dict[str, l
         raise DatasetError(f"{path}: no split lists (expected e.g. {{'train': [names]}})")
     splits, problems = {}, Problems()
     for split, names in data.items():
-        if not isinstance(names, list):
+        if not isinstance(names, list) or split in NOT_SPLITS:
             continue  # metadata beside the splits (the scenes generator records its seed)
         for index, name in enumerate(names):
             if name not in captions:
