@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from capbatch.export.validate import (
     _with_end,
     first_divergence,
