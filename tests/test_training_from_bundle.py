@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -44,7 +45,9 @@ def test_rebuilt_checkpoint_captions_the_samples_as_the_bundle_does(rebuilt):
         ours = caption_features(model, tokenizer, model.encoder(torch.from_numpy(pixels)))
     theirs = [r.caption for r in Captioner()(samples)]
     assert ours == theirs
-    assert data["extra"]["from_bundle"] == "scenes-lite0-90b5d36bc11e"
+    assert data["extra"]["from_bundle"] == json.loads((BUNDLE / "manifest.json").read_text())[
+        "model_id"
+    ]
 
 
 def test_batchnorm_holds_the_folded_bias_as_an_identity_in_eval_mode(rebuilt):
@@ -59,8 +62,6 @@ def test_batchnorm_holds_the_folded_bias_as_an_identity_in_eval_mode(rebuilt):
 
 def test_a_bundle_whose_graph_does_not_fit_its_config_is_one_line(tmp_path, capsys):
     pytest.importorskip("onnx")
-    import json
-
     from capbatch.training.from_bundle import main
 
     bundle = tmp_path / "bundle"
