@@ -233,8 +233,9 @@ class TrainOptions:
         "--min-word-freq times), so the decoder's vocabulary layers shrink to match.",
     )
     # Scenes list their canonical caption first: training on it alone teaches one
-    # wording per fact, so greedy decoding is not left at a near tie between
-    # paraphrases (which any small change of the features can flip).
+    # wording per fact. Measured on the v2 model it removed only part of the near
+    # ties a reduced-precision encoder flips (docs/benchmarks.md), so the default
+    # model does not use it.
     captions_per_image: int = option(
         0, "Train on the first N captions of each image (0 = all)."
     )
