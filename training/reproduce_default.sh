@@ -41,7 +41,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-runs/default-repro}"
-steps="${STEPS:-scenes fit decoder eval export}"
+steps="${STEPS:-scenes fit decoder scenes-v2 v2 eval export}"
 scenes="${SCENES:-10000}"
 epochs="${EPOCHS:-18}"
 decoder_epochs="${DECODER_EPOCHS:-4}"
