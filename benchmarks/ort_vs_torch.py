@@ -20,14 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from capbatch.export.validate import (
-    _with_end,
-    first_divergence,
-    forced_gap,
-    ort_greedy,
-    ort_session,
-    torch_greedy,
-)
+from capbatch.export.validate import divergence, ort_greedy, ort_session, torch_greedy
 from capbatch.training.checkpoint import load_checkpoint, model_from_checkpoint
 from capbatch.training.features import load_image
 from capbatch.training.scenes import load_splits
@@ -42,17 +35,11 @@ def compare(model, bundle: Path, paths: list[Path], batch: int, tie_gap: float) 
         images = np.stack([load_image(p, config.preprocess) for p in chunk])
         ours = ort_greedy(encoder, step, images, start_id=config.start_id,
                           end_id=config.end_id, max_len=config.max_len)  # fmt: skip
-        for index, (result, (tokens, steps)) in enumerate(zip(ours, torch_greedy(model, images))):
-            got = _with_end(result.tokens, result.steps, config.end_id)
-            want = _with_end(tokens, steps, config.end_id)
-            where = first_divergence(got, want)
+        for index, (result, reference) in enumerate(zip(ours, torch_greedy(model, images))):
+            where, gap = divergence(encoder, step, images[index], result, reference, config)
             if where is None:
                 same += 1
                 continue
-            gap = None
-            if where < min(len(got), len(want)):
-                gap = forced_gap(encoder, step, images[index], want[:where], got[where],
-                                 want[where], config.start_id)  # fmt: skip
             record = {"image": chunk[index].name, "step": where, "gap": gap}
             (near_ties if gap is not None and gap <= tie_gap else different).append(record)
     return {"images": len(paths), "identical": same, "agreement": same / len(paths),

@@ -267,6 +267,25 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+def divergence(
+    encoder_session, step_session, image: np.ndarray, result: Hypothesis, reference, config
+) -> tuple[int | None, float | None]:
+    """Where ORT's greedy tokens first leave PyTorch's (tokens, steps) for one image
+    (None: identical), and the gap there between the two tokens' ORT log-probs,
+    teacher-forced on PyTorch's prefix (None where one sequence simply ends)."""
+    tokens, steps = reference
+    got = _with_end(result.tokens, result.steps, config.end_id)
+    want = _with_end(tokens, steps, config.end_id)
+    where = first_divergence(got, want)
+    if where is None or where >= min(len(got), len(want)):
+        return where, None
+    gap = forced_gap(
+        encoder_session, step_session, image, want[:where], got[where], want[where],
+        config.start_id,
+    )  # fmt: skip
+    return where, gap
+
+
 def validate_captions(
     model: EncoderDecoder,
     encoder_path: Path,
@@ -294,20 +313,15 @@ def validate_captions(
     reference = torch_greedy(model, images)
     failures, near_ties, same = [], [], 0
     for index, (result, (tokens, steps)) in enumerate(zip(ort_results, reference)):
-        got = _with_end(result.tokens, result.steps, config.end_id)
-        want = _with_end(tokens, steps, config.end_id)
-        where = first_divergence(got, want)
+        where, gap = divergence(
+            encoder_session, step_session, images[index], result, (tokens, steps), config
+        )
         if where is None:
             same += 1
             continue
-        if where < min(len(got), len(want)):
-            gap = forced_gap(
-                encoder_session, step_session, images[index], want[:where], got[where],
-                want[where], config.start_id,
-            )  # fmt: skip
-            if gap <= tie_gap:
-                near_ties.append(index)
-                continue
+        if gap is not None and gap <= tie_gap:
+            near_ties.append(index)
+            continue
         failures.append(
             f"image {index}: ORT tokens {list(result.tokens)} != PyTorch {tokens} (step {where})"
         )
