@@ -2,12 +2,11 @@
 
 `make_batches(setup)` turns the run's splits into a CaptionTable (every
 training caption as ids), a FeatureSource for the training and validation
-images (cached output of the frozen encoder stages, or pixels when every stage
-is fine-tuned) and
-the feature cache itself. Batches are built image-major: an image's captions
-sit next to each other, so its attention projection and initial state are
-computed once per batch, not once per caption (the largest per-step cost on
-CPU after the LSTM).
+images (the cached output of the frozen encoder stages, or pixels when every
+stage is fine-tuned) and the feature cache itself. Batches are built
+image-major: an image's captions sit next to each other, so its attention
+projection and initial state are computed once per batch, not once per caption
+(the largest per-step cost on CPU after the LSTM).
 """
 
 from __future__ import annotations

@@ -277,7 +277,7 @@ class ImageEncoder(nn.Module):
         channels = BACKBONE_STAGE_CHANNELS[config.encoder]
         parts = list(torch.split(prefix, self._prefix_sizes(upto), dim=1))
         b, g = prefix.shape[0], config.grid_size
-        side = int(round((parts[0].shape[1] / channels[upto - 1]) ** 0.5))
+        side = config.preprocess.size // BACKBONE_STAGE_STRIDES[config.encoder][upto - 1]
         x = parts.pop(0).reshape(b, channels[upto - 1], side, side)
         taps = [
             parts.pop(0).reshape(b, channels[t], g, g) for t in config.feature_taps if t < upto
