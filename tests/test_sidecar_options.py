@@ -153,3 +153,65 @@ def test_attention_column_names_each_rows_heatmap(capsys, bundle, tmp_path):
     plain = tmp_path / "plain.jsonl"
     run_cli(capsys, "caption", images, "--out", plain, "--model", bundle)
     assert all(json.loads(line)["attention"] is None for line in plain.read_text().splitlines())
+
+
+def test_a_resumed_run_still_refuses_a_sidecar_written_for_another_image(
+    capsys, bundle, tmp_path
+):
+    # Run 1 wrote a.txt for a.jpg; a.png, added before the resumed run, must not
+    # take it over: the journal tells the resumed writer who owns a.txt.
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(jpeg_bytes())
+    journal = tmp_path / "run.jsonl"
+    base = ["caption", images, "--format", "txt", "--out", journal, "--model", bundle]
+    code, err = run_cli(capsys, *base, "--overwrite-sidecars")
+    assert code == ExitCode.OK, err
+    caption = (images / "a.txt").read_text()
+    (images / "a.png").write_bytes(png_bytes())
+    code, err = run_cli(capsys, *base, "--resume", "--overwrite-sidecars")
+    assert code == ExitCode.SOME_FAILED, err
+    second = journal_rows(journal)[str(images / "a.png")]
+    assert second["status"] == "error"
+    assert second["error"].startswith("sidecar a.txt is also the sidecar of a.jpg")
+    assert (images / "a.txt").read_text() == caption
+
+
+@pytest.mark.parametrize(
+    "key, name",
+    [
+        # readable part: the key without its extension, unsafe runs as "_", edges stripped
+        ("shard.tar::x/../y z.jpg", "shard.tar_x_.._y_z-{}.txt"),
+        ("a.zip::.hidden.png", "a.zip_.hidden-{}.txt"),
+        ("::/@@@.jpg", "member-{}.txt"),  # nothing readable left
+        ("b.tar::" + "k" * 100 + ".jpg", "k" * 80 + "-{}.txt"),  # the last 80 characters
+    ],
+)
+def test_member_sidecar_names_are_flat_readable_and_keyed_by_a_hash(key, name):
+    import hashlib
+
+    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:8]
+    assert member_sidecar_name(key) == name.format(digest)
+    assert member_sidecar_name(key, ".caption") == name.format(digest)[: -len(".txt")] + ".caption"
+    # Undecodable bytes in a member name (surrogate escapes) still hash.
+    odd = "c.tar::\udcff.jpg"
+    expected = hashlib.sha1(odd.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    assert member_sidecar_name(odd) == f"c.tar-{expected}.txt"
+
+
+def test_sidecar_dir_is_created_with_its_parents_and_reused(capsys, bundle, tmp_path):
+    archive = tmp_path / "shard.tar"
+    with tarfile.open(archive, "w") as tar:
+        data = png_bytes()
+        info = tarfile.TarInfo("inner/a.png")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    sidecars = tmp_path / "deep" / "er" / "captions"
+    journal = tmp_path / "run.jsonl"
+    base = ["caption", archive, "--format", "txt", "--out", journal, "--model", bundle]
+    code, err = run_cli(capsys, *base, "--sidecar-dir", sidecars)
+    assert code == ExitCode.OK, err
+    assert [p.name for p in sidecars.iterdir()] == [member_sidecar_name(f"{archive}::inner/a.png")]
+    # An existing --sidecar-dir is used as it is (a rerun over the same output).
+    code, err = run_cli(capsys, *base, "--sidecar-dir", sidecars, "--overwrite")
+    assert code == ExitCode.OK, err
