@@ -215,3 +215,30 @@ def test_sidecar_dir_is_created_with_its_parents_and_reused(capsys, bundle, tmp_
     # An existing --sidecar-dir is used as it is (a rerun over the same output).
     code, err = run_cli(capsys, *base, "--sidecar-dir", sidecars, "--overwrite")
     assert code == ExitCode.OK, err
+
+
+def test_an_existing_sidecar_of_a_sibling_image_is_named_and_kept(capsys, bundle, tmp_path):
+    # a.txt was written before (by hand or by a run whose journal is gone): for a.png
+    # it is a collision with a.JPG, named as such; for b.png, whose b.txt says
+    # something else and has no sibling, the advice is --overwrite-sidecars.
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.JPG").write_bytes(jpeg_bytes())
+    (images / "a.png").write_bytes(png_bytes())
+    (images / "b.png").write_bytes(png_bytes())
+    (images / "a.txt").write_text("someone's caption of a.JPG\n")
+    (images / "b.txt").write_text("an older caption\n")
+    journal = tmp_path / "run.jsonl"
+    code, err = run_cli(
+        capsys, "caption", images, "--glob", "*.png", "--format", "txt", "--out", journal,
+        "--model", bundle,
+    )  # fmt: skip
+    assert code == ExitCode.SOME_FAILED, err
+    rows = journal_rows(journal)
+    assert rows[str(images / "a.png")]["error"] == (
+        "sidecar a.txt is also the sidecar of a.JPG (same name, another extension); "
+        "rename one of the images"
+    )
+    assert rows[str(images / "b.png")]["error"] == "sidecar b.txt exists (use --overwrite-sidecars)"
+    assert (images / "a.txt").read_text() == "someone's caption of a.JPG\n"
+    assert (images / "b.txt").read_text() == "an older caption\n"
