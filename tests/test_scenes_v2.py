@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import itertools
 import json
@@ -210,6 +211,47 @@ def test_every_caption_parses_back_and_relations_hold(records):
         other = [(second[i] + second[i + 2]) / 2 for i in (0, 1)]
         assert second[along] >= first[along + 2]  # boxes apart along the axis
         assert abs(other[across] - centre[across]) <= 0.5 * (other[along] - centre[along])
+
+
+def test_canonical_captions_are_one_per_image_worded_by_the_image(tmp_path, dataset, records):
+    """--captions canonical: the same images, one caption each, the left or upper object first."""
+    out = tmp_path / "canon"
+    args = ["--out", str(out), "--n", str(N_SCENES), "--seed", "2", "--style", "v2"]
+    assert main([*args, "--test-renderer", "4", "--captions", "canonical"]) == 0
+    assert _digest(out / "images") == _digest(dataset / "images")
+    assert json.loads((out / "splits.json").read_text())["captions"] == "canonical"
+    assert "captions" not in json.loads((dataset / "splits.json").read_text())
+    with open(out / "captions.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))[1:]
+    by_image = {r["image"]: r for r in load_scene_records(out)}
+    assert sorted(image for image, _ in rows) == sorted(by_image)  # exactly one row each
+    relations = 0
+    for image, caption in rows:
+        record = by_image[image]
+        assert record["captions"] == [caption]
+        assert facts_match(caption, SceneFacts.from_dict(record["facts"]))
+        if record["relation"] is None:
+            # no relation: the varied set's first (canonical) wording
+            continue
+        relations += 1
+        first_named = next(
+            o
+            for o in record["objects"]
+            if f"{o['colour']} {o['shape']}"
+            in caption.split(" to the left of ")[0].split(" above ")[0]
+        )
+        other = next(o for o in record["objects"] if o is not first_named)
+        axis = 0 if " to the left of " in caption else 1
+        assert " right of " not in caption and " below " not in caption
+        assert first_named["bbox"][axis + 2] <= other["bbox"][axis]  # named first: left/above
+    assert relations >= 5
+    varied_first = {r["image"]: r["captions"][0] for r in records if r["relation"] is None}
+    assert all(by_image[image]["captions"] == [c] for image, c in varied_first.items())
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--overwrite", "--captions", "shuffled"])
+    assert refused.value.code == 2
+    with pytest.raises(ValueError, match="captions must be one of"):
+        SceneDatasetOptions(n=4, captions="shuffled")
 
 
 # --------------------------------------------------------------------------- the word rules

@@ -2,7 +2,8 @@
 
     OUT/images/scene_000000.jpg ...   RGB drawings of 1-3 coloured shapes
     OUT/images/render_000000.jpg ...  the same kind of facts drawn by the independent renderer
-    OUT/captions.csv                  image,caption (5 differently phrased rows per image)
+    OUT/captions.csv                  image,caption (5 differently phrased rows per image;
+                                      one, worded by the image, with --captions canonical)
     OUT/scenes.jsonl                  one record per image: objects, bboxes, relation, facts
     OUT/splits.json                   train / val / test / test_novel (/ test_renderer) image
                                       lists + the holdout
@@ -49,6 +50,7 @@ from .scenes_grammar import (
     AXIS,
     ObjectFact,
     SceneFacts,
+    canonical_caption,
     explain_mismatch,
     facts_match,
     make_captions,
@@ -104,6 +106,8 @@ __all__ = [
 ]
 
 STYLES = ("v1", "v2")  # v1: the shipped model's data; v2: domain-randomised
+# varied: 5 phrasings per image; canonical: one, its wording fixed by the image.
+CAPTION_MODES = ("varied", "canonical")
 CAPTIONS_PER_IMAGE = 5
 RENDERER_STREAM = 0x5DF  # seeds the renderer's scenes apart from the generator's
 
@@ -125,6 +129,7 @@ class SceneDatasetOptions:
     only: tuple[str, ...] | None = (
         None  # write only these splits' scenes (same bytes as a full run)
     )
+    captions: str = "varied"  # CAPTION_MODES; the images are the same bytes either way
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -138,6 +143,8 @@ class SceneDatasetOptions:
             raise ValueError("split fractions must be >= 0 and leave room for train")
         if self.style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}, got {self.style!r}")
+        if self.captions not in CAPTION_MODES:
+            raise ValueError(f"captions must be one of {CAPTION_MODES}, got {self.captions!r}")
         if self.renderer_scenes < 0:
             raise ValueError(f"renderer_scenes must be >= 0, got {self.renderer_scenes}")
         if self.only is not None:
@@ -225,6 +232,8 @@ def render_scene(
         if relation is None
         else make_relation(objects[relation[0]].kind, relation[1], objects[relation[2]].kind),
     )
+    if options.captions == "canonical":
+        captions = [canonical_caption(objects, facts.relation)]
     record = {
         "image": options.renderer_name(index) if renderer else options.image_name(index),
         "index": index,
@@ -310,13 +319,15 @@ def generate_dataset(
     style: str = "v1",
     renderer_scenes: int = 0,
     only: tuple[str, ...] | None = None,
+    captions: str = "varied",
 ) -> Path:
     """Write `n` scenes to out_dir in Flickr8k layout (see the module docstring); returns out_dir.
 
     The output is byte-identical for the same arguments, whatever `workers` is.
     `style` "v2" draws domain-randomised scenes; `renderer_scenes` adds that many
     test_renderer scenes; `only` writes just the named splits' scenes, each
-    image the same bytes as in a full run.
+    image the same bytes as in a full run; `captions` "canonical" writes one
+    caption per image whose wording the image fixes (same images).
     Refuses a directory that already holds an images/ folder unless `overwrite`.
     """
     options = SceneDatasetOptions(
@@ -330,6 +341,7 @@ def generate_dataset(
         style=style,
         renderer_scenes=renderer_scenes,
         only=tuple(only) if only is not None else None,
+        captions=captions,
     )
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -394,6 +406,8 @@ def _manifest(splits: dict, holdout: Holdout, options: SceneDatasetOptions) -> d
         manifest["renderer_scenes"] = options.renderer_scenes
     if options.only is not None:
         manifest["only"] = sorted(options.only)
+    if options.captions != "varied":
+        manifest["captions"] = options.captions
     return manifest
 
 
@@ -428,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="write only these comma-separated splits (e.g. test,test_renderer)",
     )
+    parser.add_argument(
+        "--captions",
+        choices=CAPTION_MODES,
+        default="varied",
+        help="varied: 5 phrasings per image; canonical: one, the left or upper object first",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
@@ -442,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             style=args.style,
             renderer_scenes=args.renderer_scenes,
             only=args.only,
+            captions=args.captions,
         )
     except (UsageError, ValueError) as exc:
         print(f"scenes: error: {exc}", file=sys.stderr)

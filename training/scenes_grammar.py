@@ -246,6 +246,21 @@ def make_captions(
     return [templates[0], *rng.sample(templates[1:], k - 1)]
 
 
+def canonical_caption(objects: Sequence[ObjectFact], relation: RelationFact | None) -> str:
+    """The one caption whose wording the image fixes.
+
+    The varied captions leave two choices that no pixel decides: the phrasing
+    and, for a relation, which object is named first. Here both are fixed: the
+    grammar's first template, and a relation stated in its canonical form, so
+    the object on the left (or above) always comes first.
+    """
+    if relation is None:
+        return caption_templates(objects)[0]
+    kinds = [o.kind for o in objects]
+    subject, obj = kinds.index(relation.subject), kinds.index(relation.object)
+    return caption_templates(objects, (subject, relation.predicate, obj))[0]
+
+
 def grammar_vocabulary() -> set[str]:
     """Every word a generated caption can contain."""
     words = set(COLOURS) | set(SHAPES) | set(SIZES) | set(PLURALS.values())
