@@ -135,9 +135,9 @@ class ParquetWriter:
         if not keys:
             return 0
         pa, pc, pq = import_pyarrow()
+        if not out.exists() and not _part_files(parts_dir_for(out)):
+            return 0  # nothing to drop from, and no empty output made for it
         _merge_parts(out)  # one file to filter, parts folded in
-        if not out.exists():
-            return 0
         table = pq.read_table(out)
         keep = pc.invert(pc.is_in(table.column("key"), value_set=pa.array(list(keys))))
         kept = table.filter(keep)
