@@ -19,6 +19,13 @@ from capbatch.output.settings import OutputSettings
 from capbatch.rows import ROW_FIELDS, Row
 
 
+def _refusal(call) -> str:
+    """The one line of the OutputError that `call` raises."""
+    with pytest.raises(OutputError) as caught:
+        call()
+    return str(caught.value)
+
+
 def _row(key: str, caption: str | None = "a red circle", status: str = "ok") -> Row:
     error = None if status == "ok" else "not an image"
     return Row(key, f"/data/{key}", caption, -1.5, status, error, 8, 6, "m-1")
@@ -63,9 +70,7 @@ def test_jsonl_of_blank_lines_or_a_torn_first_row_resumes_from_nothing(tmp_path)
 def test_jsonl_that_is_someone_elses_file_is_refused_with_advice(tmp_path):
     out = tmp_path / "notes.jsonl"
     out.write_text('{"name": "x"}\n')
-    with pytest.raises(OutputError) as caught:
-        JsonlWriter.read_done(out)
-    assert str(caught.value) == (
+    assert _refusal(lambda: JsonlWriter.read_done(out)) == (
         f"{out} exists but is not a capbatch JSONL file (no line is a capbatch row); "
         "choose another output or start over with --overwrite"
     )
@@ -90,9 +95,7 @@ def test_csv_with_a_broken_quote_mid_file_is_refused_and_one_at_the_end_is_torn(
     _write(CsvWriter, out, _row("a.jpg"), _row("b.jpg"))
     good = out.read_bytes()
     out.write_bytes(good + b'"c.jpg"x,/p,cap,-1.0,ok,,8,6,m-1,,,,,\r\n' + good.split(b"\n", 1)[1])
-    with pytest.raises(OutputError) as caught:
-        CsvWriter.read_done(out)
-    assert str(caught.value).startswith(f"{out} is not a readable CSV: ")
+    assert _refusal(lambda: CsvWriter.read_done(out)).startswith(f"{out} is not a readable CSV: ")
     out.write_bytes(good + b'c.jpg,/p,"a caption cut off by a cra')
     assert CsvWriter.read_done(out) == {"a.jpg": "ok", "b.jpg": "ok"}
     writer = CsvWriter(out, append=True)  # the torn record is cut before appending
@@ -104,17 +107,13 @@ def test_csv_with_a_broken_quote_mid_file_is_refused_and_one_at_the_end_is_torn(
 def test_csv_with_another_header_is_refused_naming_its_first_columns(tmp_path):
     out = tmp_path / "rows.csv"
     out.write_text("image,caption,score,when,who\nx.jpg,hi,1,now,me\n")
-    with pytest.raises(OutputError) as caught:
-        CsvWriter.read_done(out)
-    assert str(caught.value) == (
+    assert _refusal(lambda: CsvWriter.read_done(out)) == (
         f"{out} exists but is not a capbatch CSV (header ['image', 'caption', 'score', "
         "'when']...); choose another output or start over"
     )
     started = tmp_path / "started.csv"
     started.write_text("image,cap")  # torn, but not our header's start
-    with pytest.raises(OutputError) as caught:
-        CsvWriter.read_done(started)
-    assert str(caught.value) == (
+    assert _refusal(lambda: CsvWriter.read_done(started)) == (
         f"{started} exists but is not a capbatch CSV (no capbatch header); "
         "choose another output or start over"
     )
@@ -176,9 +175,7 @@ def test_a_link_planted_at_the_output_is_not_written_through(tmp_path):
     victim.write_text("keep me\n")
     out = tmp_path / "rows.jsonl"
     out.symlink_to(victim)
-    with pytest.raises(OutputError) as caught:
-        JsonlWriter(out, append=False)
-    assert str(caught.value).startswith(f"cannot write {out}: ")
+    assert _refusal(lambda: JsonlWriter(out, append=False)).startswith(f"cannot write {out}: ")
     assert victim.read_text() == "keep me\n"
 
 
@@ -209,18 +206,18 @@ def test_write_and_close_errors_are_one_line_naming_the_output(tmp_path):
     out = tmp_path / "rows.csv"
     writer = CsvWriter(out, append=False)
     writer._handle = _FailingHandle(writer._handle)
-    with pytest.raises(OutputError) as caught:
-        writer.write([_row("a.jpg")])
-    assert str(caught.value) == f"cannot write {out}: No space left on device"
-    with pytest.raises(OutputError) as caught:
-        writer.close()
-    assert str(caught.value) == f"cannot write {out}: Input/output error"
+    assert (
+        _refusal(lambda: writer.write([_row("a.jpg")]))
+        == f"cannot write {out}: No space left on device"
+    )
+    assert _refusal(lambda: writer.close()) == f"cannot write {out}: Input/output error"
 
 
 def test_a_header_that_cannot_be_written_is_one_line_naming_the_output():
     full = Path("/dev/full")  # every write fails with ENOSPC
     if not os.access(full, os.W_OK):
         pytest.skip("/dev/full is not writable here")
-    with pytest.raises(OutputError) as caught:
-        CsvWriter(full, append=False)
-    assert str(caught.value) == "cannot write /dev/full: No space left on device"
+    assert (
+        _refusal(lambda: CsvWriter(full, append=False))
+        == "cannot write /dev/full: No space left on device"
+    )

@@ -22,6 +22,13 @@ from capbatch.rows import ROW_FIELDS, Row
 pq = pytest.importorskip("pyarrow.parquet")
 
 
+def _refusal(call) -> str:
+    """The one line of the OutputError that `call` raises."""
+    with pytest.raises(OutputError) as caught:
+        call()
+    return str(caught.value)
+
+
 def _row(key: str, status: str = "ok") -> Row:
     caption, error = ("a red circle", None) if status == "ok" else (None, "not an image")
     return Row(key, f"/data/{key}", caption, -1.5, status, error, 8, 6, "m-1")
@@ -126,9 +133,7 @@ def test_a_parquet_file_with_other_columns_is_refused_naming_them(tmp_path):
     pq.write_table(
         pa.table({"image": ["x"], "text": ["y"], "score": [1.0], "a": [1], "b": [2]}), out
     )
-    with pytest.raises(OutputError) as caught:
-        ParquetWriter(out, append=True)
-    assert str(caught.value) == (
+    assert _refusal(lambda: ParquetWriter(out, append=True)) == (
         f"{out} exists but is not a capbatch Parquet file (columns ['image', 'text', "
         "'score', 'a']...); choose another output or start over"
     )
@@ -143,23 +148,19 @@ def test_write_and_merge_errors_are_one_line_naming_the_output(tmp_path):
         part.unlink()
     parts.rmdir()
     parts.write_text("not a folder")  # the parts folder replaced: no part can be made
-    with pytest.raises(OutputError) as caught:
-        writer.write([_row("b.jpg")])
-    assert str(caught.value) == f"cannot write {out}: Not a directory"
+    assert _refusal(lambda: writer.write([_row("b.jpg")])) == f"cannot write {out}: Not a directory"
 
     blocked = tmp_path / "blocked.parquet"
     writer = ParquetWriter(blocked, append=False)
     writer.write([_row("a.jpg")])
     blocked.mkdir()  # the output's name taken by a folder: the merge cannot land
     (blocked / "x").write_text("")
-    with pytest.raises(OutputError) as caught:
-        writer.close()
-    assert str(caught.value).startswith(f"cannot write {blocked}: ")
+    assert _refusal(lambda: writer.close()).startswith(f"cannot write {blocked}: ")
 
 
 def test_an_output_whose_folder_cannot_be_made_is_one_line(tmp_path):
     (tmp_path / "file").write_text("")
     out = tmp_path / "file" / "rows.parquet"
-    with pytest.raises(OutputError) as caught:
-        ParquetWriter(out, append=False)
-    assert str(caught.value) == f"cannot write {out}: Not a directory"
+    assert (
+        _refusal(lambda: ParquetWriter(out, append=False)) == f"cannot write {out}: Not a directory"
+    )
