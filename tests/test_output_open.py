@@ -109,3 +109,16 @@ def test_read_rows_reads_finished_jsonl_and_parquet_and_nothing_else(tmp_path):
     with pytest.raises(ValueError) as caught:
         read_rows(tmp_path / "rows.csv", "csv")
     assert str(caught.value) == "read_rows reads jsonl or parquet, not 'csv'"
+
+
+def test_sidecars_opened_without_options_never_replace_an_existing_one(tmp_path):
+    image, sidecar = tmp_path / "a.jpg", tmp_path / "a.txt"
+    image.write_bytes(b"\xff\xd8")
+    sidecar.write_text("my own notes\n")
+    with open_output(tmp_path / "journal.jsonl", "txt") as output:
+        output.begin(append=False)
+        (written,) = output.write(
+            [Row(str(image), str(image), "a cat", -1.0, "ok", None, 8, 6, "m")]
+        )
+    assert written.status == "error" and "--overwrite-sidecars" in written.error
+    assert sidecar.read_text() == "my own notes\n"
