@@ -124,7 +124,8 @@ class Bundle:
         grow with the batch while the per-image speed no longer does
         (docs/benchmarks.md). The decoder steps still see the whole batch.
         """
-        chunk = images.shape[0] if self.on_cuda else ENCODER_CHUNK
+        # max(1, ...): an empty batch is one empty run, not a range() step of 0.
+        chunk = max(1, images.shape[0]) if self.on_cuda else ENCODER_CHUNK
         parts = [
             self.encoder.run(list(ENCODER_OUTPUTS), {IMAGES: images[i : i + chunk]})
             for i in range(0, max(1, images.shape[0]), chunk)
