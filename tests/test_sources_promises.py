@@ -86,6 +86,39 @@ def test_links_that_lead_nowhere_or_back_are_errors_with_their_paths(tmp_path):
     }
 
 
+def test_other_failures_of_an_image_named_entry_keep_their_own_reason(tmp_path):
+    (tmp_path / "file.txt").write_text("")
+    (tmp_path / "c.jpg").symlink_to(tmp_path / "file.txt" / "x")  # through a file
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "missing.jpg")
+    assert _items(tmp_path) == {
+        f"{tmp_path}/a.jpg": (f"{tmp_path}/a.jpg", None, "broken symlink"),
+        f"{tmp_path}/c.jpg": (f"{tmp_path}/c.jpg", None, "cannot read: Not a directory"),
+    }
+    assert _items(tmp_path, glob="b*") == {}  # outside the glob: not reported at all
+
+
+def test_without_recursion_subfolders_are_skipped_and_the_walk_goes_on(tmp_path):
+    (tmp_path / "a-sub").mkdir()
+    (tmp_path / "a-sub" / "inner.png").write_bytes(PNG)
+    (tmp_path / "b.png").write_bytes(PNG)
+    assert list(_items(tmp_path, recursive=False)) == [f"{tmp_path}/b.png"]
+    assert len(_items(tmp_path)) == 2
+
+
+def test_a_folder_gone_between_its_check_and_its_walk_is_one_error_row(tmp_path, monkeypatch):
+    real_stat, calls = os.stat, []
+
+    def stat(path, *args, **kwargs):
+        if str(path) == str(tmp_path):
+            calls.append(path)
+            if len(calls) == 2:  # the walk's own look at it
+                raise PermissionError(13, "Permission denied")
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(sources.os, "stat", stat)
+    assert _items(tmp_path) == {str(tmp_path): (str(tmp_path), None, "permission denied")}
+
+
 def test_a_folder_that_cannot_be_listed_is_one_error_row_with_its_path(tmp_path, monkeypatch):
     (tmp_path / "a.png").write_bytes(PNG)
     (tmp_path / "locked").mkdir()
@@ -209,5 +242,5 @@ def test_keys_escape_colon_runs_and_lone_surrogates():
 
 def test_list_files_keep_spaces_and_drop_only_the_line_ending(tmp_path):
     listing = tmp_path / "list.txt"
-    listing.write_bytes(b"a b.jpg \r\n\r\n  \nc.jpg\n")
-    assert list(read_list(listing)) == ["a b.jpg ", "c.jpg"]
+    listing.write_bytes(b"a b.jpg \r\n\r\n  \nc.jpg\nscan_X\n")
+    assert list(read_list(listing)) == ["a b.jpg ", "c.jpg", "scan_X"]
