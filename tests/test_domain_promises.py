@@ -101,3 +101,40 @@ def test_an_image_at_the_threshold_is_in_domain_and_overflow_is_quiet():
         huge = check.score(np.full((2, 4, 3), 1e200))
     assert not huge.in_domain.any()
     assert not np.isfinite(huge.distances).any()  # no number where there is none
+
+
+def _fit_refusal(fit, calibration, **options) -> str:
+    from capbatch.domain import fit_domain_check
+
+    with pytest.raises(ValueError) as caught:
+        fit_domain_check(fit, calibration, **options)
+    return str(caught.value)
+
+
+def test_fitting_takes_the_smallest_inputs_and_refuses_one_less_word_for_word():
+    from capbatch.domain import fit_domain_check
+
+    rng = np.random.default_rng(0)
+    two = rng.normal(size=(2, 2))
+    check = fit_domain_check(two, rng.normal(size=(1, 2)), rank=5)  # 2 vectors, 2 dims, 1 held out
+    assert check.describe()["rank"] == 1 and check.describe()["fit_images"] == 2
+    assert _fit_refusal(two[:1], two) == (
+        "need at least 2 fit vectors (n, P >= 2), got shape (1, 2)"
+    )
+    assert _fit_refusal(rng.normal(size=(4, 1)), rng.normal(size=(2, 1))) == (
+        "need at least 2 fit vectors (n, P >= 2), got shape (4, 1)"
+    )
+    assert _fit_refusal(two, np.zeros((0, 2))) == "calibration must be (m >= 1, 2), got (0, 2)"
+    assert _fit_refusal(two, two, quantile=0.0) == "quantile must be in (0, 1), got 0.0"
+    assert _fit_refusal(two, np.array([[np.nan, 0.0]])) == "pooled features hold NaN or infinity"
+    assert _fit_refusal(np.ones((3, 2)), two) == (
+        "the fit vectors are all identical: nothing to describe"
+    )
+
+
+def test_a_statistics_file_that_cannot_be_read_is_one_line_naming_it(tmp_path):
+    from capbatch.errors import BundleError
+
+    with pytest.raises(BundleError) as caught:
+        DomainCheck.load(tmp_path / "domain_stats.npz")
+    assert str(caught.value) == "domain statistics domain_stats.npz: No such file or directory"
