@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_gpu_finetune_brings_back_a_loadable_checkpoint_and_its_eval(tmp_path):
     import hashlib
 
-    import torch
+    from capbatch.training.checkpoint import load_checkpoint
 
     out, work = tmp_path / "out", tmp_path / "work"
     env = {
@@ -56,8 +56,8 @@ def test_gpu_finetune_brings_back_a_loadable_checkpoint_and_its_eval(tmp_path):
     small = tmp_path / "small"
     digest = hashlib.md5(checkpoint.read_bytes()).hexdigest()
     assert (small / "best.md5").read_text().split()[0] == digest
-    # the one loaded by capbatch-train: the same weights as the run's best
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    # loadable the way capbatch-train loads it (weights only, nothing pickled runs)
+    state = load_checkpoint(checkpoint)
     assert state["model"] and state["config"]["vocab_size"] == 48  # v2's tokenizer kept
     # the scenes it trained on were the canonical-caption set: one caption each
     captions = (work / "scenes-v2" / "captions.csv").read_text().splitlines()[1:]
