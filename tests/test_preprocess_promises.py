@@ -355,6 +355,8 @@ def test_center_crop_cuts_the_longer_side_evenly():
     assert tall[:, 0, 1].tolist() == list(range(34, 66)) and tall[0, :, 0].tolist() == list(
         range(32)
     )
+    odd_tall = preprocess_image(_columns(32, 103), spec)  # the same floor downwards
+    assert odd_tall[:, 0, 1].tolist() == list(range(35, 67))
 
 
 def test_an_image_already_at_the_size_is_kept_pixel_for_pixel():
