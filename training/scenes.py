@@ -225,15 +225,17 @@ def render_scene(
         assert AXIS[relation[1]] == plan.axis
 
     objects = [ObjectFact(o["colour"], o["shape"], o["size"]) for o in drawing["objects"]]
-    captions = make_captions(objects, relation, caption_rng, CAPTIONS_PER_IMAGE)
     facts = SceneFacts(
         tuple(objects),
         None
         if relation is None
         else make_relation(objects[relation[0]].kind, relation[1], objects[relation[2]].kind),
     )
+    # caption_rng is its own stream: not drawing from it leaves the image unchanged.
     if options.captions == "canonical":
         captions = [canonical_caption(objects, facts.relation)]
+    else:
+        captions = make_captions(objects, relation, caption_rng, CAPTIONS_PER_IMAGE)
     record = {
         "image": options.renderer_name(index) if renderer else options.image_name(index),
         "index": index,
