@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .decoding import ArrayStepModel, RowState, StepModel, StepOutput
-from .encoder_runtime import REFERENCE, check_agreement, create_encoder
+from .encoder_runtime import REFERENCE, check_agreement, choose_fallback_margin, create_encoder
 from .errors import BundleError, MissingDependencyError, UsageError
 from .manifest import MANIFEST_FILE, GraphEntry, Manifest, VerifiedBundle, open_verified
 from .preprocess import PreprocessSpec
@@ -96,6 +96,11 @@ class Bundle:
     providers: list[str] = field(default_factory=list)  # what the sessions actually run
     encoder_runtime: EncoderRuntime = EncoderRuntime.onnxruntime
     precision: Precision = Precision.f32
+    # A reduced-precision encoder's close calls: captions whose greedy margin is below
+    # fallback_margin are redone with reference_encoder (onnxruntime f32); see
+    # capbatch/close_calls.py. None / 0.0: no fallback.
+    reference_encoder: Any = field(default=None, repr=False)
+    fallback_margin: float | None = None
     # From the manifest; plain fields so a benchmark can disable <end> (end_id = -1).
     preprocess: PreprocessSpec = field(init=False)
     max_len: int = field(init=False)
@@ -124,10 +129,19 @@ class Bundle:
         grow with the batch while the per-image speed no longer does
         (docs/benchmarks.md). The decoder steps still see the whole batch.
         """
+        return self._encode_with(self.encoder, images)
+
+    def encode_reference(self, images: np.ndarray) -> Encoded:
+        """As encode, by the reference encoder (onnxruntime f32) kept for close calls."""
+        if self.reference_encoder is None:
+            raise ValueError("this bundle keeps no reference encoder (no fallback margin)")
+        return self._encode_with(self.reference_encoder, images)
+
+    def _encode_with(self, session, images: np.ndarray) -> Encoded:
         # max(1, ...): an empty batch is one empty run, not a range() step of 0.
         chunk = max(1, images.shape[0]) if self.on_cuda else ENCODER_CHUNK
         parts = [
-            self.encoder.run(list(ENCODER_OUTPUTS), {IMAGES: images[i : i + chunk]})
+            session.run(list(ENCODER_OUTPUTS), {IMAGES: images[i : i + chunk]})
             for i in range(0, max(1, images.shape[0]), chunk)
         ]
         if len(parts) == 1:
@@ -343,10 +357,15 @@ def bundle_facts(path: str | Path | None = None) -> BundleFacts:
 
 
 def _create_sessions(
-    verified: VerifiedBundle, device: str, intra_op_threads: int | None, encoder_choice=REFERENCE
+    verified: VerifiedBundle,
+    device: str,
+    intra_op_threads: int | None,
+    encoder_choice=REFERENCE,
+    reference_encoder: bool = False,
 ):
-    """Both sessions from the verified bytes (the encoder's by OpenVINO when chosen);
-    also returns the providers asked for."""
+    """Both sessions from the verified bytes (the encoder's by OpenVINO when chosen),
+    plus an onnxruntime f32 encoder when reference_encoder (else None); also returns
+    the providers asked for."""
     ort = import_onnxruntime()
     requested = choose_providers(device, ort.get_available_providers())
     if CUDA in requested and hasattr(ort, "preload_dlls"):
@@ -355,28 +374,31 @@ def _create_sessions(
         except Exception:  # noqa: BLE001 - the fallback check below reports the outcome
             pass
     options = _session_options(ort, CUDA not in requested, intra_op_threads)
+
+    def ort_session(graph: GraphEntry):
+        try:
+            with warnings.catch_warnings():
+                # onnxruntime warns about providers it lacks; we report the outcome once.
+                warnings.simplefilter("ignore")
+                return ort.InferenceSession(
+                    # The hashed bytes, never the path: a file swapped since is not loaded.
+                    verified.contents[graph.file],
+                    sess_options=options,
+                    providers=requested,
+                )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"cannot load {graph.file}: {first}") from exc
+
     sessions = []
     for graph in verified.manifest.graphs:
         if graph.key == "encoder" and encoder_choice[0] is EncoderRuntime.openvino:
             contents = verified.contents[graph.file]
             sessions.append(create_encoder(*encoder_choice, contents, intra_op_threads))
-            continue
-        try:
-            with warnings.catch_warnings():
-                # onnxruntime warns about providers it lacks; we report the outcome once.
-                warnings.simplefilter("ignore")
-                sessions.append(
-                    ort.InferenceSession(
-                        # The hashed bytes, never the path: a file swapped since is not loaded.
-                        verified.contents[graph.file],
-                        sess_options=options,
-                        providers=requested,
-                    )
-                )
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BundleError(f"cannot load {graph.file}: {first}") from exc
-    return sessions, requested
+        else:
+            sessions.append(ort_session(graph))
+    reference = ort_session(verified.manifest.encoder) if reference_encoder else None
+    return sessions, reference, requested
 
 
 def load_bundle(
@@ -388,6 +410,7 @@ def load_bundle(
     encoder_runtime: str | EncoderRuntime = EncoderRuntime.onnxruntime,
     precision: str | Precision = Precision.f32,
     require_agreement: bool = True,
+    fallback_margin: float | None = None,
 ) -> Bundle:
     """Verify and open a bundle directory (None = the embedded default model).
 
@@ -400,6 +423,11 @@ def load_bundle(
     but onnxruntime f32 needs a passing caption agreement recorded in the manifest
     for this encoder (capbatch/encoder_runtime.py); require_agreement=False skips
     that check, for the tool that measures it and for benchmarks.
+
+    fallback_margin: for such an encoder, captions whose greedy margin falls below
+    it are redone by an onnxruntime f32 encoder kept beside it
+    (capbatch/close_calls.py). None = the margin recorded with the agreement (none
+    recorded: no fallback); a number overrides it (the measuring tool's way).
     """
     choice = parse_encoder_runtime(encoder_runtime, precision, device)
     if intra_op_threads is not None and (
@@ -412,7 +440,10 @@ def load_bundle(
     vocab = _parse_vocab(verified)
     if require_agreement:
         check_agreement(manifest, *choice)  # before compiling anything
-    (encoder, step), requested = _create_sessions(verified, device, intra_op_threads, choice)
+    margin = choose_fallback_margin(manifest, *choice, fallback_margin)
+    (encoder, step), reference, requested = _create_sessions(
+        verified, device, intra_op_threads, choice, reference_encoder=bool(margin)
+    )
     check_graph_io(manifest.encoder, encoder, ENCODER_INPUTS, ENCODER_OUTPUTS)
     check_graph_io(manifest.decoder_step, step, STEP_INPUTS, STEP_OUTPUTS)
     _check_shapes(encoder, step, manifest.preprocess, vocab)
@@ -430,6 +461,8 @@ def load_bundle(
         providers=active,
         encoder_runtime=choice[0],
         precision=choice[1],
+        reference_encoder=reference,
+        fallback_margin=margin,
     )
 
 

@@ -20,12 +20,13 @@ import numpy as np
 from PIL import Image
 
 from .bundle import Bundle, Encoded, _stderr_warning, load_bundle
+from .close_calls import redo_close_calls
 from .decoding import DecodingOptions, Hypothesis, search
 from .domain import DomainCheck, DomainScores
 from .errors import InputDecodeError, UsageError
 from .image_decode import DecodedImage, decode_image
 from .preprocess import PreprocessSpec, preprocess_image, upright_size
-from .providers import parse_device, parse_encoder_runtime
+from .providers import Precision, parse_device, parse_encoder_runtime
 from .rows import ERROR, OK
 
 ImageItem = str | Path | bytes | Image.Image | np.ndarray
@@ -126,7 +127,13 @@ class CaptionerArgs:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
         parse_device(self.device)  # UsageError naming the choices
-        parse_encoder_runtime(self.encoder_runtime, self.precision, self.device)
+        _, precision = parse_encoder_runtime(self.encoder_runtime, self.precision, self.device)
+        if precision is not Precision.f32 and self.beam_size != 1:
+            # Its agreement gate (and its close-call fallback) are about greedy captions.
+            raise UsageError(
+                f"precision {precision.value} is measured and gated on greedy captions; "
+                "use beam size 1, or precision f32 for beam search"
+            )
 
 
 class Captioner:
@@ -186,7 +193,10 @@ class Captioner:
             beam_size=args.beam_size,
             max_len=args.max_len if args.max_len is not None else self.bundle.max_len,
             return_alphas=args.return_attention,
+            track_margins=bool(self.bundle.fallback_margin),
         )
+        # Captions redone by the reference encoder (close calls of a reduced precision).
+        self.close_calls = 0
         self.batch_size = args.batch_size
         # None when the bundle has no statistics: rows then leave the domain columns empty.
         self.domain_check = DomainCheck.from_bundle(self.bundle.path, self.bundle.manifest)
@@ -258,7 +268,12 @@ class Captioner:
 
     def _run(self, pixels: np.ndarray) -> tuple[list[Hypothesis], Encoded]:
         encoded = self.bundle.encode(pixels)  # once per image, reused by every step
-        return search(self.bundle.step_model(encoded), self.options), encoded
+        hypotheses = search(self.bundle.step_model(encoded), self.options)
+        hypotheses, encoded, redone = redo_close_calls(
+            self.bundle, pixels, hypotheses, encoded, self.options
+        )
+        self.close_calls += redone
+        return hypotheses, encoded
 
     def _result(
         self, hypothesis: Hypothesis, image: DecodedImage, domain: DomainScores | None, index: int

@@ -7,10 +7,15 @@ captions matched the reference on enough held-out images of every split
 (`runtime_agreement`, written by `python -m capbatch.export.precision`;
 docs/export.md). A runtime precision is gated like the fp16/int8 variant bundles,
 without shipping a second graph: the default bundle has no room for one.
+
+A record may also carry `fallback_margin`: the agreement was measured with the
+captions whose greedy margin fell below it redone by the reference encoder
+(capbatch/close_calls.py), so the loader keeps one beside the reduced one.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,6 +79,41 @@ def check_agreement(manifest: Manifest, runtime: EncoderRuntime, precision: Prec
             f"the {key} encoder changes captions: agreement with onnxruntime f32 "
             f"{_summary(record)}; refused"
         )
+
+
+def _valid_margin(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+def choose_fallback_margin(
+    manifest: Manifest, runtime: EncoderRuntime, precision: Precision, asked: float | None
+) -> float | None:
+    """The greedy margin below which captions are redone at f32; None: no fallback.
+
+    The reference encoder has nothing to fall back to. `asked` (a number) overrides
+    the margin recorded with this encoder's agreement.
+    """
+    if is_reference(runtime, precision):
+        return None
+    if asked is not None:
+        if not _valid_margin(asked):
+            raise ValueError(f"fallback_margin must be a finite number >= 0, got {asked!r}")
+        return float(asked) or None
+    record = recorded_agreement(manifest, agreement_key(runtime, precision))
+    recorded = None if record is None else record.get("fallback_margin")
+    if recorded is None:
+        return None
+    if not _valid_margin(recorded):
+        raise BundleError(
+            f"bundle {manifest.model_id} records an invalid fallback_margin {recorded!r} "
+            f"for the {agreement_key(runtime, precision)} encoder"
+        )
+    return float(recorded) or None
 
 
 def create_encoder(

@@ -29,7 +29,8 @@ import numpy as np
 from PIL import Image
 
 from capbatch.bundle import Bundle, load_bundle
-from capbatch.decoding import DecodingOptions, greedy_decode
+from capbatch.close_calls import redo_close_calls
+from capbatch.decoding import DecodingOptions, Hypothesis, greedy_decode
 from capbatch.encoder_runtime import AGREEMENT_KEY, agreement_key
 from capbatch.errors import CapbatchError, ExportError, UsageError
 from capbatch.manifest import MANIFEST_FILE, read_manifest
@@ -92,13 +93,43 @@ def held_out_sets(
     return sets
 
 
-def greedy_tokens(bundle: Bundle, pixels: np.ndarray, batch: int = BATCH) -> list[tuple[int, ...]]:
-    options = DecodingOptions(max_len=bundle.max_len)
-    tokens: list[tuple[int, ...]] = []
+def greedy_hypotheses(
+    bundle: Bundle, pixels: np.ndarray, *, track_margins: bool = False, batch: int = BATCH
+) -> tuple[list[Hypothesis], int]:
+    """Greedy captions as the Captioner makes them (close calls redone when the bundle
+    has a fallback margin); also returns how many were redone."""
+    options = DecodingOptions(
+        max_len=bundle.max_len, track_margins=track_margins or bool(bundle.fallback_margin)
+    )
+    hypotheses: list[Hypothesis] = []
+    redone = 0
     for start in range(0, pixels.shape[0], batch):
-        encoded = bundle.encode(pixels[start : start + batch])
-        tokens += [tuple(h.tokens) for h in greedy_decode(bundle.step_model(encoded), options)]
-    return tokens
+        chunk = pixels[start : start + batch]
+        encoded = bundle.encode(chunk)
+        found = greedy_decode(bundle.step_model(encoded), options)
+        found, _, count = redo_close_calls(bundle, chunk, found, encoded, options)
+        hypotheses += found
+        redone += count
+    return hypotheses, redone
+
+
+def greedy_tokens(bundle: Bundle, pixels: np.ndarray, batch: int = BATCH) -> list[tuple[int, ...]]:
+    return [tuple(h.tokens) for h in greedy_hypotheses(bundle, pixels, batch=batch)[0]]
+
+
+def choose_fallback_margin(margins: Sequence[float], budget: float) -> float:
+    """The margin that sends at most `budget` of these captions (val's) back to f32.
+
+    0.0 (no fallback) when the budget allows none. The captions redone are those
+    strictly below the margin, so it is the next margin after the budget's share.
+    """
+    if not 0 <= budget < 1:
+        raise UsageError(f"--fallback-budget must be in [0, 1), got {budget}")
+    ordered = sorted(float(m) for m in margins)
+    allowed = int(budget * len(ordered))
+    if allowed == 0 or not ordered:
+        return 0.0
+    return ordered[allowed] if allowed < len(ordered) else ordered[-1]
 
 
 def facts_right(bundle: Bundle, tokens: Sequence[tuple[int, ...]], files, truth) -> int:
@@ -122,7 +153,8 @@ def measure_agreement(
     splits = {}
     for image_set in sets:
         ref = greedy_tokens(reference, image_set.pixels)
-        got = greedy_tokens(candidate, image_set.pixels)
+        found, redone = greedy_hypotheses(candidate, image_set.pixels)
+        got = [tuple(h.tokens) for h in found]
         differ = [i for i, (a, b) in enumerate(zip(ref, got)) if a != b]
         n = len(ref)
         agreement = (n - len(differ)) / n if n else 0.0
@@ -139,6 +171,7 @@ def measure_agreement(
             "agreement": round(agreement, 4),
             "min_agreement": min_agreement(image_set.name),
             "passed": n > 0 and agreement >= min_agreement(image_set.name),
+            "close_calls": redone,  # captions redone by the reference encoder
             "examples": [
                 {
                     "image": image_set.files[i],
@@ -190,32 +223,52 @@ def check_runtime_precision(
     force: bool = False,
     threads: int | None = None,
     truth: Mapping | None = None,
+    fallback_budget: float = 0.0,
 ) -> dict:
     """Measure (runtime, precision) on bundle_dir against onnxruntime f32; record it if asked.
 
-    Without force a failing measurement raises AgreementError and records nothing;
-    with force it is recorded as failing ("passed": false), which the loader refuses.
+    fallback_budget > 0: the share of val's captions (the first set when there is no
+    val) that may be redone at f32 sets the fallback margin (capbatch/close_calls.py),
+    and the agreement is measured with it, as the Captioner will run. Without force a
+    failing measurement raises AgreementError and records nothing; with force it is
+    recorded as failing ("passed": false), which the loader refuses.
     """
     choice = parse_encoder_runtime(runtime, precision, "cpu")
     if not sets or not all(len(s.files) for s in sets):
         raise UsageError("no held-out images to measure on: pass --scenes and/or --samples")
     key = agreement_key(*choice)
+
+    def candidate_bundle(margin: float) -> Bundle:
+        return load_bundle(
+            bundle_dir,
+            device="cpu",
+            intra_op_threads=threads,
+            encoder_runtime=choice[0],
+            precision=choice[1],
+            require_agreement=False,
+            fallback_margin=margin,
+        )
+
     reference = load_bundle(bundle_dir, device="cpu", intra_op_threads=threads)
-    candidate = load_bundle(
-        bundle_dir,
-        device="cpu",
-        intra_op_threads=threads,
-        encoder_runtime=choice[0],
-        precision=choice[1],
-        require_agreement=False,
-    )
-    splits = measure_agreement(reference, candidate, sets, truth)
+    plain = candidate_bundle(0.0)
+    splits = measure_agreement(reference, plain, sets, truth)
+    without = {name: split["agreement"] for name, split in splits.items()}
+    margin = 0.0
+    if fallback_budget:
+        chooser = next((s for s in sets if s.name == "val"), sets[0])
+        found, _ = greedy_hypotheses(plain, chooser.pixels, track_margins=True)
+        margin = choose_fallback_margin([h.margin for h in found], fallback_budget)
+    if margin:
+        splits = measure_agreement(reference, candidate_bundle(margin), sets, truth)
     result = {
         "reference": "onnxruntime-f32",
         "encoder_sha256": reference.manifest.files[reference.manifest.encoder.file],
-        "runtime_version": getattr(candidate.encoder, "version", None),
-        "effective_precision": getattr(candidate.encoder, "effective_precision", None),
-        "device": getattr(candidate.encoder, "device_name", None),
+        "runtime_version": getattr(plain.encoder, "version", None),
+        "effective_precision": getattr(plain.encoder, "effective_precision", None),
+        "device": getattr(plain.encoder, "device_name", None),
+        "fallback_budget": fallback_budget,
+        "fallback_margin": margin,
+        "agreement_without_fallback": without,
         "splits": splits,
         "passed": bool(splits) and not failing_splits(splits),
         "forced": bool(force and failing_splits(splits)),
@@ -233,17 +286,21 @@ def record_runtime_agreement(bundle_dir: Path, key: str, result: Mapping) -> Non
     write_manifest_atomic(bundle_dir, manifest)
 
 
-def table(splits: Mapping[str, Mapping]) -> str:
+def table(splits: Mapping[str, Mapping], without: Mapping[str, float] | None = None) -> str:
+    """The per-split agreement; with `without`, also the agreement with no fallback."""
     rows = [
-        "| split | images | identical | agreement | min | passed | facts right (ref / cand) |",
-        "|---|---|---|---|---|---|---|",
+        "| split | images | identical | agreement | min | passed | facts right (ref / cand) "
+        "| redone at f32 | without fallback |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in splits.items():
         facts = s.get("facts_right")
         right = f"{facts['reference']} / {facts['candidate']}" if facts else "-"
+        plain = f"{without[name]:.1%}" if without and name in without else "-"
         rows.append(
             f"| {name} | {s['images']} | {s['same']} | {s['agreement']:.1%} "
-            f"| {s['min_agreement']:.0%} | {'yes' if s['passed'] else 'NO'} | {right} |"
+            f"| {s['min_agreement']:.0%} | {'yes' if s['passed'] else 'NO'} | {right} "
+            f"| {s.get('close_calls', 0)} | {plain} |"
         )
     return "\n".join(rows)
 
@@ -271,6 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true", help="write it into the manifest")
     parser.add_argument("--force", action="store_true", help="record a failing measurement")
     parser.add_argument("--json", type=Path, help="also write the measurement here")
+    parser.add_argument(
+        "--fallback-budget",
+        type=float,
+        default=0.0,
+        help="share of val captions that may be redone at f32 (close calls); 0 = none",
+    )
     args = parser.parse_args(argv)
     try:
         spec = read_manifest(args.bundle).preprocess
@@ -285,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force,
             threads=args.threads,
             truth=truth,
+            fallback_budget=args.fallback_budget,
         )
     except CapbatchError as exc:
         print(f"capbatch: error: {exc}", file=sys.stderr)
@@ -292,8 +356,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, KeyError, ValueError) as exc:  # a scenes folder without its files
         print(f"capbatch: error: held-out images: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.runtime} {args.precision} vs onnxruntime f32 (greedy tokens identical):")
-    print(table(result["splits"]))
+    margin = result["fallback_margin"]
+    fallback = f", close calls below margin {margin:.4g} redone at f32" if margin else ""
+    print(
+        f"{args.runtime} {args.precision} vs onnxruntime f32 (greedy tokens identical{fallback}):"
+    )
+    print(table(result["splits"], result["agreement_without_fallback"]))
     for name, split in result["splits"].items():
         for example in split["examples"]:
             print(

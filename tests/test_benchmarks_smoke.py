@@ -53,10 +53,30 @@ def test_model_cpu_tiny(tmp_path, bench_cache):
     result = run_tiny("model_cpu", tmp_path / "model.json", bench_cache)
     rows = result["configs"][0]["rows"]
     assert [row["batch"] for row in rows] == [1, 4]
+    assert {row["encoder"] for row in rows} == {"onnxruntime-f32"}  # the default
     for row in rows:
+        assert row["redone_per_batch"] == 0
         assert row["capbatch_img_s"] > 0 and row["torch_batched_img_s"] > 0
         assert row["vs_reference"] == pytest.approx(row["capbatch_img_s"] / row["reference_img_s"])
     assert "load_average" in result["machine"]
+
+
+def test_model_cpu_encoder_choices_are_parsed_and_checked():
+    parse = load_script("model_cpu").parse_encoders
+    assert parse("onnxruntime-f32, openvino-bf16@0.04,openvino-f32") == [
+        ("onnxruntime", "f32", 0.0),
+        ("openvino", "bf16", 0.04),
+        ("openvino", "f32", 0.0),
+    ]
+    for bad, why in [
+        ("bf16", "RUNTIME-PRECISION"),
+        ("openvino-bf16@1.5", "RUNTIME-PRECISION"),
+        ("openvino-bf16@x", "RUNTIME-PRECISION"),
+        ("onnxruntime-f32@0.1", "the reference"),
+        (",", "at least one"),
+    ]:
+        with pytest.raises(SystemExit, match=why):
+            parse(bad)
 
 
 @needs_torch
