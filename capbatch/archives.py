@@ -22,7 +22,27 @@ _COMPRESSED_MAGIC = (
     (b"\x1f\x8b", "gzip", 10),
     (b"BZh", "bz2", 4),
     (b"\xfd7zXZ\x00", "xz", 12),
+    # LZMA-alone (.lzma): tarfile's "r|*" reads it as xz. Properties byte 0x5d (the
+    # only one encoders write), then a dictionary size that is a multiple of 64 KiB.
+    (b"\x5d\x00\x00", "lzma", 13),
 )
+
+
+class _HeaderNotingTarInfo(tarfile.TarInfo):
+    """TarInfo that notes a header failing its checks on the TarFile reading it.
+
+    tarfile ends the archive quietly (next() returns None, as at the zero blocks
+    that end every tar) when a header after the first one is damaged: without the
+    note the members after it would vanish without a row.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tarfile_):
+        try:
+            return super().fromtarfile(tarfile_)
+        except tarfile.InvalidHeaderError as exc:  # not zeros, not cut: a damaged header
+            tarfile_.capbatch_damaged_header = str(exc) or "invalid header"
+            raise
 
 
 @dataclass(frozen=True)
@@ -54,7 +74,7 @@ def _tar(path: str, wanted: Callable[[str], bool], max_bytes: int) -> Iterator[M
     # Stream mode ("r|*"): one pass, members in archive order, nothing seekable
     # kept in memory, compressed or not. Member bytes are read only when wanted.
     try:
-        archive = tarfile.open(name=path, mode="r|*")
+        archive = tarfile.open(name=path, mode="r|*", tarinfo=_HeaderNotingTarInfo)
     except OSError as exc:
         yield Member(None, None, describe_os_error(exc))
         return
@@ -72,7 +92,10 @@ def _tar(path: str, wanted: Callable[[str], bool], max_bytes: int) -> Iterator[M
             # mode: 1,000,000 members held 579 MB. Nothing here looks back at them.
             archive.members.clear()
             if member is None:
-                if _ended_without_marker(archive):
+                damaged = getattr(archive, "capbatch_damaged_header", None)
+                if damaged:
+                    yield Member(None, None, f"corrupt tar archive: {damaged}")
+                elif _ended_without_marker(archive):
                     # tarfile takes a cut inside (or right before) a header for the
                     # end: without this row the members after the cut vanish silently.
                     reason = "corrupt tar archive: truncated (no end-of-archive marker)"

@@ -307,6 +307,15 @@ def make_corpus(directory: str | Path) -> list[CorpusEntry]:
         CorpusEntry("cut.tar::first.png", "truncated tar: member before the cut", OK),
         CorpusEntry("cut.tar", "tar cut inside a member header", "error: corrupt tar archive"),
     ]
+    damaged = bytearray(_tar_bytes([("one.png", png), ("two.png", png), ("three.png", png)]))
+    damaged[second_header] ^= 0xFF  # the second header fails its checksum; nothing is cut
+    (root / "damaged.tar").write_bytes(bytes(damaged))
+    entries += [
+        CorpusEntry("damaged.tar::one.png", "tar: member before a damaged header", OK),
+        CorpusEntry(
+            "damaged.tar", "tar with a damaged second header", "error: corrupt tar archive: bad"
+        ),
+    ]
     (root / "hostile.tar").write_bytes(_tar_bytes([(name, png) for name in HOSTILE_MEMBERS]))
     entries += [
         CorpusEntry(f"hostile.tar::{HOSTILE_MEMBERS[0]}", "tar member with absolute path", OK),
