@@ -17,6 +17,9 @@
 # (15 MiB parts: cat them) and small.tgz (logs, metrics, eval, md5s).
 # The v3 candidate of docs/model-card.md is RUN_A="--encoder-lr 3e-4 --lr 5e-4"
 # EPOCHS=20 FIT_TIMEOUT=375 (18 epochs ran, ~16 s each on an H200).
+# DOMAIN=1 also exports both runs there and measures their domain flag
+# (benchmarks/domain_check.py measure), and picks the better run among those whose
+# flag keeps FACES_MIN (0.8) of face photos and PHOTOS_MIN (0.76) of photos flagged.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,15 +56,48 @@ fit a ${RUN_A:---encoder-lr 1e-4 --lr 3e-4} &
 fit b ${RUN_B:---encoder-lr 3e-4 --lr 5e-4} &
 wait
 log fitted
-best=$("$PY" - "$W" <<'PY'
+if [ "${DOMAIN:-0}" = 1 ]; then
+  # The domain flag of each run, measured as docs/model-card.md does (rank-256
+  # statistics on the seeded lists; photos, crops, faces from scikit-image).
+  "$PY" "$REPO/benchmarks/domain_check.py" lists --scenes "$W/scenes-v2" --out "$W/lists" >/dev/null || exit 1
+  for name in a b; do
+    [ -f "$W/$name/best.pt" ] || continue
+    { "$PY" -m capbatch export --ckpt "$W/$name/best.pt" --out "$W/bundle-$name" --name scenes \
+        --overwrite --validate-images "$REPO/samples" --domain-images "$W/lists/train.txt" \
+        --domain-calibration "$W/lists/val.txt" \
+      && "$PY" -m capbatch.export.domain_stats "$W/bundle-$name" --rank "${DOMAIN_RANK:-256}" \
+        --images "$W/lists/train.txt" --calibration-images "$W/lists/val.txt" \
+      && "$PY" "$REPO/benchmarks/domain_check.py" measure --scenes "$W/scenes-v2" \
+        --lists "$W/lists" --bundle "$W/bundle-$name" --cache "$W/dcache-$name" \
+        --out-json "$W/domain-$name.json"; } >"$W/domain-$name.log" 2>&1
+    echo "domain $name rc=$?" >>"$W/domain-$name.log"
+    log "domain check $name: $(tail -n 1 "$W/domain-$name.log")"
+  done
+fi
+# The better run: best validation accuracy; with DOMAIN=1, among the runs whose flag
+# keeps FACES_MIN of face photos and PHOTOS_MIN of whole photos flagged (else the
+# run that flags most faces).
+best=$("$PY" - "$W" "${FACES_MIN:-0.8}" "${PHOTOS_MIN:-0.76}" <<'PY'
 import json, sys, pathlib
-w = pathlib.Path(sys.argv[1]); scores = {}
+w = pathlib.Path(sys.argv[1]); faces_min, photos_min = float(sys.argv[2]), float(sys.argv[3])
+scores, flags = {}, {}
 for name in "ab":
     rows = [json.loads(l) for l in (w / name / "metrics.jsonl").open()] if (w / name / "metrics.jsonl").exists() else []
     vals = [r["val_semantic"] for r in rows if "val_semantic" in r]
     if vals and (w / name / "best.pt").exists():
         scores[name] = max(vals)
-print(max(scores, key=scores.get) if scores else "none")
+    if (w / f"domain-{name}.json").exists():
+        flags[name] = json.loads((w / f"domain-{name}.json").read_text())["flagged"]
+for name in scores:
+    print(name, "val", scores[name], "flagged", flags.get(name), file=sys.stderr)
+pool = {n: s for n, s in scores.items() if n in flags
+        and flags[n]["faces"] >= faces_min and flags[n]["photos"] >= photos_min}
+if pool:
+    print(max(pool, key=pool.get))
+elif flags and any(n in scores for n in flags):
+    print(max((n for n in flags if n in scores), key=lambda n: (flags[n]["faces"], scores[n])))
+else:
+    print(max(scores, key=scores.get) if scores else "none")
 PY
 )
 log "best run: $best"
@@ -79,7 +115,7 @@ log evaluated
 split -b 15M -d "$W/$best/best.pt" "$OUT/best.pt.part"
 md5sum "$W/$best/best.pt" >"$W/best.md5"
 tar czf "$OUT/small.tgz" -C "$W" scenes.md5 best.md5 fit-a.log fit-b.log \
-  $(cd "$W" && ls a/metrics.jsonl b/metrics.jsonl eval.json 2>/dev/null)
+  $(cd "$W" && ls a/metrics.jsonl b/metrics.jsonl eval.json domain-?.json domain-?.log 2>/dev/null)
 ls -la "$OUT"; tail -n 3 "$W"/fit-*.log
 python3 -c "import json;d=json.load(open('$W/eval.json'));print({k:{m:v for m,v in s.items() if not isinstance(v,(list,dict))} for k,s in d['splits'].items()})" 2>&1 | tail -3
 log done

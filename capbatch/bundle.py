@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from .decoding import ArrayStepModel, RowState, StepModel, StepOutput
-from .encoder_runtime import REFERENCE, check_agreement, choose_fallback_margin, create_encoder
+from .encoder_runtime import (
+    REFERENCE,
+    check_agreement,
+    choose_fallback_margin,
+    create_encoder,
+    other_cpu_warning,
+)
 from .errors import BundleError, MissingDependencyError, UsageError
 from .manifest import MANIFEST_FILE, GraphEntry, Manifest, VerifiedBundle, open_verified
 from .preprocess import PreprocessSpec
@@ -452,6 +458,10 @@ def load_bundle(
     message = fallback_warning(requested, active)
     if message:
         warn(message)
+    if require_agreement:
+        elsewhere = other_cpu_warning(manifest, *choice, getattr(encoder, "device_name", None))
+        if elsewhere:
+            warn(elsewhere)
     return Bundle(
         path=bundle_dir,
         manifest=manifest,

@@ -81,6 +81,27 @@ def check_agreement(manifest: Manifest, runtime: EncoderRuntime, precision: Prec
         )
 
 
+def other_cpu_warning(
+    manifest: Manifest, runtime: EncoderRuntime, precision: Precision, device_name: str | None
+) -> str | None:
+    """One line when a reduced precision's agreement was measured on another CPU.
+
+    bf16 kernels (and so their rounding) differ between instruction sets, e.g.
+    AVX-512 BF16 and AMX: the recorded figures describe the CPU named in the record.
+    """
+    if precision is Precision.f32 or not device_name:
+        return None
+    record = recorded_agreement(manifest, agreement_key(runtime, precision))
+    measured_on = None if record is None else record.get("device")
+    if not measured_on or measured_on == device_name:
+        return None
+    return (
+        f"the {agreement_key(runtime, precision)} caption agreement of {manifest.model_id} "
+        f"was measured on {measured_on}, not on this CPU ({device_name}); measure it here "
+        "with python -m capbatch.export.precision (docs/export.md)"
+    )
+
+
 def _valid_margin(value: Any) -> bool:
     return (
         isinstance(value, (int, float))

@@ -21,6 +21,7 @@ from capbatch.captioner import Captioner, CaptionerArgs
 from capbatch.close_calls import close_call_rows, redo_close_calls, redo_rows
 from capbatch.decoding import DecodingOptions, Hypothesis, StepOutput, greedy_decode
 from capbatch.encoder_runtime import choose_fallback_margin as loader_margin
+from capbatch.encoder_runtime import other_cpu_warning
 from capbatch.errors import BundleError, UsageError
 from capbatch.manifest import read_manifest
 from capbatch.providers import EncoderRuntime, Precision
@@ -220,3 +221,43 @@ def test_beam_search_with_a_reduced_precision_is_refused():
     with pytest.raises(UsageError, match="greedy captions; use beam size 1"):
         CaptionerArgs(beam_size=3, encoder_runtime="openvino", precision="bf16", device="cpu")
     CaptionerArgs(beam_size=3, encoder_runtime="openvino", precision="f32", device="cpu")
+
+
+def test_an_agreement_measured_on_another_cpu_is_named(reduced, monkeypatch):
+    record_runtime_agreement(
+        reduced,
+        "openvino-bf16",
+        {
+            "encoder_sha256": read_manifest(reduced).files["encoder.onnx"],
+            "passed": True,
+            "splits": {},
+            "device": "Some Other CPU",
+        },
+    )
+    assert other_cpu_warning(read_manifest(reduced), *BF16, "Some Other CPU") is None
+    assert other_cpu_warning(read_manifest(reduced), *BF16, None) is None
+    assert (
+        other_cpu_warning(read_manifest(reduced), EncoderRuntime.openvino, Precision.f32, "X")
+        is None
+    )
+    warned = []
+    real = bundle_module.create_encoder
+
+    def on_this_cpu(*args):
+        session = real(*args)
+        return type("Encoder", (), {
+            "device_name": "This CPU",
+            "run": session.run,
+            "get_inputs": session.get_inputs,
+            "get_outputs": session.get_outputs,
+        })()  # fmt: skip
+
+    monkeypatch.setattr(bundle_module, "create_encoder", on_this_cpu)
+    load_bundle(
+        reduced, device="cpu", encoder_runtime="openvino", precision="bf16", warn=warned.append
+    )
+    assert warned == [
+        "the openvino-bf16 caption agreement of "
+        f"{read_manifest(reduced).model_id} was measured on Some Other CPU, not on this CPU "
+        "(This CPU); measure it here with python -m capbatch.export.precision (docs/export.md)"
+    ]

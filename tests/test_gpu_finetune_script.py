@@ -36,6 +36,8 @@ def test_gpu_finetune_brings_back_a_loadable_checkpoint_and_its_eval(tmp_path):
         "STAGES": "0",
         "DEVICE": "cpu",
         "SCENE_ARGS": "--captions canonical",
+        "DOMAIN": "1",  # each run exported and its domain flag measured there
+        "RUN_B": "--encoder-lr 3e-4 --lr 5e-4 --fine-tune-stages 1",  # the last option wins
     }
     done = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_finetune.sh")],
@@ -69,3 +71,12 @@ def test_gpu_finetune_brings_back_a_loadable_checkpoint_and_its_eval(tmp_path):
     report = json.loads((small / "eval.json").read_text())
     assert set(report["splits"]) == {"test", "test_novel", "test_renderer"}
     assert all("semantic_accuracy" in split for split in report["splits"].values())
+    # DOMAIN=1: both runs' flags measured on photos, faces and scenes, and the pick named
+    for run in ("a", "b"):
+        assert f"domain {run} rc=0" in (small / f"domain-{run}.log").read_text()
+        flagged = json.loads((small / f"domain-{run}.json").read_text())["flagged"]
+        assert {"photos", "faces", "test"} <= set(flagged)
+    assert "best run: " in done.stdout and "flagged" in done.stderr
+    # RUN_B's own --fine-tune-stages overrode STAGES for run b alone
+    assert load_checkpoint(work / "b" / "best.pt")["config"]["fine_tune_stages"] == 1
+    assert load_checkpoint(work / "a" / "best.pt")["config"]["fine_tune_stages"] == 0
