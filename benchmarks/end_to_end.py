@@ -14,6 +14,10 @@ On a folder of --images photo-like 1024x768 JPEGs (made by the script, cached):
 
 Decode and model compete for the same cores, so the best end-to-end rate is
 limit = 1 / (1/decode + 1/model); the goal is end_to_end >= 90 % of it.
+
+--encoder openvino-bf16 (or openvino-f32; the openvino extra) runs the encoder there
+in all three measurements. The bundle has random weights, so no caption agreement
+is recorded or checked: speed only (docs/benchmarks.md section 5 has the agreement).
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--intra-op-threads", type=int, default=None, help="onnxruntime threads (None: cores)"
     )
+    parser.add_argument(
+        "--encoder", default="onnxruntime-f32", help="RUNTIME-PRECISION, e.g. openvino-bf16"
+    )
     args = parser.parse_args(argv)
     if args.tiny:
         args.config, args.images, args.model_images, args.batch_size = "tiny", 24, 16, 8
@@ -58,6 +65,23 @@ def decode_rate(files: list[Path], spec, workers: int) -> tuple[float, list]:
     with ThreadPoolExecutor(workers) as pool:
         decoded = list(pool.map(work, files))
     return len(files) / (time.perf_counter() - start), decoded
+
+
+def use_encoder(captioner, bundle: Path, encoder: str, threads: int | None):
+    """The captioner with its encoder run by RUNTIME-PRECISION (agreement not checked)."""
+    from capbatch.bundle import load_bundle
+
+    runtime, _, precision = encoder.rpartition("-")
+    if (runtime, precision) != ("onnxruntime", "f32"):
+        captioner.bundle = load_bundle(
+            bundle,
+            device="cpu",
+            intra_op_threads=threads,
+            encoder_runtime=runtime,
+            precision=precision,
+            require_agreement=False,  # random weights: speed only
+        )
+    return captioner
 
 
 def model_rate(captioner, pixels: np.ndarray) -> float:
@@ -111,6 +135,7 @@ def measure(args, config, bundle: Path, files: list[Path], view: Path) -> dict:
         max_len=args.max_len,
         intra_op_threads=args.intra_op_threads,
     )
+    use_encoder(captioner, bundle, args.encoder, args.intra_op_threads)
     load_s = time.perf_counter() - start
     workers = args.workers or cpu_thread_count()
 
@@ -120,10 +145,12 @@ def measure(args, config, bundle: Path, files: list[Path], view: Path) -> dict:
     alone = captioner
     if args.intra_op_threads not in (None, cpu_thread_count()):
         alone = Captioner(bundle, device="cpu", batch_size=args.batch_size, max_len=args.max_len)
+        use_encoder(alone, bundle, args.encoder, None)
     model_img_s = model_rate(alone, pixels)
     e2e_img_s, run = end_to_end_rate(captioner, view, args.workers)
     limit = 1.0 / (1.0 / decode_img_s + 1.0 / model_img_s)
     row = {
+        "encoder": args.encoder,
         "images": args.images,
         "batch": args.batch_size,
         "decode_img_s": decode_img_s,
