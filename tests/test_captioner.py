@@ -168,7 +168,7 @@ def test_from_capbatch_import_captioner_is_lazy_and_callable(tmp_path):
         """,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "OK the image shows three green hexagons"
+    assert done.stdout.strip() == "OK three green hexagons"
 
 
 def test_call_on_one_array_or_bytes_is_one_result(fake_bundle):
