@@ -17,6 +17,9 @@
 # (15 MiB parts: cat them) and small.tgz (logs, metrics, eval, md5s).
 # The v3 candidate of docs/model-card.md is RUN_A="--encoder-lr 3e-4 --lr 5e-4"
 # EPOCHS=20 FIT_TIMEOUT=375 (18 epochs ran, ~16 s each on an H200).
+# The shipped v5 was DOMAIN=1 SCENE_ARGS="--captions canonical" STAGES=5
+# RUN_A="--encoder-lr 3e-4 --lr 5e-4 --fine-tune-stages 2" RUN_B="--encoder-lr 3e-5
+# --lr 5e-4" EPOCHS=20 FIT_TIMEOUT=220 (277 s of the call; docs/model-card.md).
 # DOMAIN=1 also exports both runs there and measures their domain flag
 # (benchmarks/domain_check.py measure), and picks the better run among those whose
 # flag keeps FACES_MIN (0.8) of face photos and PHOTOS_MIN (0.76) of photos flagged.
