@@ -14,6 +14,29 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs the train/export extras (torch)")
 
 
+@pytest.fixture
+def reduced(tmp_path, monkeypatch):
+    """A bundle whose "openvino bf16" encoder is another bundle's graph run by onnxruntime.
+
+    Its captions differ from the reference's on some images, as a reduced precision's
+    would; the reference encoder kept for close calls is the bundle's own. No openvino
+    needed (tests/test_close_calls.py, test_close_calls_promises.py).
+    """
+    import onnxruntime as ort
+
+    import capbatch.bundle as bundle_module
+    from tests.runtime_fakes import make_fake_bundle
+
+    bundle = make_fake_bundle(tmp_path / "b")
+    foreign = (make_fake_bundle(tmp_path / "other", seed=3) / "encoder.onnx").read_bytes()
+
+    def perturbed_encoder(runtime, precision, model_bytes, threads):
+        return ort.InferenceSession(foreign, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(bundle_module, "create_encoder", perturbed_encoder)
+    return bundle
+
+
 if "mutmut" in sys.modules:  # the mutation job (docs/testing.md, benchmarks/mutation.py)
     _popen_init = subprocess.Popen.__init__
 

@@ -5,7 +5,6 @@ in for the reduced-precision one)."""
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from capbatch.export.precision import (
     ImageSet,
@@ -25,7 +24,6 @@ from capbatch.encoder_runtime import other_cpu_warning
 from capbatch.errors import BundleError, UsageError
 from capbatch.manifest import read_manifest
 from capbatch.providers import EncoderRuntime, Precision
-from tests.runtime_fakes import make_fake_bundle
 
 BF16 = (EncoderRuntime.openvino, Precision.bf16)
 
@@ -83,23 +81,6 @@ def test_close_call_rows_are_those_below_the_margin():
     assert close_call_rows(found, 0.6).tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="track_margins"):
         close_call_rows([hyp(None)], 0.1)
-
-
-@pytest.fixture
-def reduced(tmp_path, monkeypatch):
-    """A bundle whose "openvino bf16" encoder is another bundle's graph run by onnxruntime.
-
-    Its captions differ from the reference's on some images, as a reduced precision's
-    would; the reference encoder kept for close calls is the bundle's own.
-    """
-    bundle = make_fake_bundle(tmp_path / "b")
-    foreign = (make_fake_bundle(tmp_path / "other", seed=3) / "encoder.onnx").read_bytes()
-
-    def perturbed_encoder(runtime, precision, model_bytes, threads):
-        return ort.InferenceSession(foreign, providers=["CPUExecutionProvider"])
-
-    monkeypatch.setattr(bundle_module, "create_encoder", perturbed_encoder)
-    return bundle
 
 
 def _pixels(n=24, size=32):

@@ -6,14 +6,12 @@ perturbed onnxruntime encoder stands in for bf16, as in tests/test_close_calls.p
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
-import capbatch.bundle as bundle_module
 from capbatch.bundle import Encoded, load_bundle
 from capbatch.close_calls import close_call_rows, redo_close_calls, redo_rows
-from capbatch.decoding import DecodingOptions, Hypothesis, greedy_decode
-from tests.runtime_fakes import make_fake_bundle
+from capbatch.decoding import Hypothesis
+from tests.test_close_calls import _greedy, _pixels
 
 FIELDS = ("features", "projected", "h0", "c0")
 
@@ -23,32 +21,14 @@ def _hyp(margin):
 
 
 @pytest.fixture
-def bundles(tmp_path, monkeypatch):
+def bundles(reduced):
     """(reference, candidate): the candidate's encoder is another graph, so its captions
     differ on some images; its reference encoder (fallback margin 0.5) is the bundle's own."""
-    path = make_fake_bundle(tmp_path / "b")
-    foreign = (make_fake_bundle(tmp_path / "other", seed=3) / "encoder.onnx").read_bytes()
-
-    def perturbed_encoder(runtime, precision, model_bytes, threads):
-        return ort.InferenceSession(foreign, providers=["CPUExecutionProvider"])
-
-    monkeypatch.setattr(bundle_module, "create_encoder", perturbed_encoder)
-    reference = load_bundle(path, device="cpu")
     candidate = load_bundle(
-        path, device="cpu", encoder_runtime="openvino", precision="bf16",
+        reduced, device="cpu", encoder_runtime="openvino", precision="bf16",
         require_agreement=False, fallback_margin=0.5,
     )  # fmt: skip
-    return reference, candidate
-
-
-def _pixels(n=16, size=32):
-    return np.random.default_rng(5).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-def _greedy(bundle, pixels, track=True):
-    options = DecodingOptions(max_len=bundle.max_len, track_margins=track)
-    encoded = bundle.encode(pixels)
-    return greedy_decode(bundle.step_model(encoded), options), encoded, options
+    return load_bundle(reduced, device="cpu"), candidate
 
 
 def _copy(encoded):
