@@ -1,0 +1,130 @@
+"""What the Captioner API promises (docs/runtime.md, "Python API"), pinned where the
+mutation run of capbatch/captioner.py found nothing checking it: the exact reasons of
+error results, what an error result holds, the inputs it accepts, batching, and the
+warn callback. Real data: the shipped bundle and samples/."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from capbatch.export.precision import record_runtime_agreement
+from PIL import Image
+
+import capbatch.bundle as bundle_module
+from capbatch.captioner import Captioner, CaptionerArgs, repeats_back_to_back
+from capbatch.job import infer
+from capbatch.manifest import read_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = sorted((REPO / "samples").glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def captioner():
+    return Captioner(device="cpu", batch_size=2)
+
+
+def test_error_results_say_why_in_exact_words(captioner, tmp_path):
+    missing, junk = tmp_path / "missing.jpg", tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image at all")
+    odd = np.zeros((4, 4, 5), np.uint8)  # five channels: no image mode has them
+    results = captioner.caption([str(missing), odd, 42, np.zeros((4, 4), np.float32)])
+    assert [r.error for r in results[:1]] == ["cannot read file: No such file or directory"]
+    assert results[1].error.startswith("unsupported array shape (4, 4, 5): ")
+    assert results[2].error == "unsupported item type int"
+    assert results[3].error == "arrays must be uint8 (H, W) or (H, W, 3|4), got float32 (4, 4)"
+    for result in results:  # an error result holds no caption and says it is one
+        assert (result.ok, result.status, result.caption, result.score) == (
+            False, "error", None, None,
+        )  # fmt: skip
+        assert result.tokens == () and result.words == ()
+
+
+def test_a_broken_lazily_loaded_image_is_a_conversion_error(captioner):
+    whole = SAMPLES[0].read_bytes()
+    image = Image.open(io.BytesIO(whole[: len(whole) // 3]))  # header fine, data cut
+    (result,) = captioner.caption([image])
+    assert result.error.startswith("cannot convert image: "), result.error
+
+
+def test_grey_and_rgba_arrays_are_captioned_like_their_rgb(captioner):
+    rgb = np.asarray(Image.open(SAMPLES[0]).convert("RGB"))
+    grey = np.asarray(Image.open(SAMPLES[0]).convert("L"))  # (H, W): accepted as it is
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    results = captioner.caption([rgb, grey, rgba])
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert results[2].caption == results[0].caption  # an opaque alpha changes nothing
+    assert (results[1].width, results[1].height) == (rgb.shape[1], rgb.shape[0])
+
+
+def test_one_item_given_to_caption_is_a_list_of_one(captioner):
+    results = captioner.caption(str(SAMPLES[0]))
+    assert isinstance(results, list) and len(results) == 1 and results[0].ok
+    assert captioner(str(SAMPLES[0])).caption == results[0].caption
+
+
+def test_a_plain_caption_is_not_flagged_repeated_and_says_so_with_false(captioner):
+    result = captioner(str(SAMPLES[0]))
+    assert result.repeated is False and result.truncated is False
+
+
+def test_items_go_to_the_model_in_batches_of_batch_size(captioner, monkeypatch):
+    sizes = []
+    real = Captioner.caption_decoded
+
+    def counted(self, images):
+        sizes.append(len(images))
+        return real(self, images)
+
+    monkeypatch.setattr(Captioner, "caption_decoded", counted)
+    results = captioner.caption([str(p) for p in SAMPLES[:5]] + [b"junk"])
+    assert sizes == [2, 2, 1]  # errors never take a place in a batch
+    assert [r.ok for r in results] == [True] * 5 + [False]
+
+
+def test_a_failed_batch_keeps_each_images_size(captioner, monkeypatch):
+    from capbatch.image_decode import decode_image
+
+    images = [decode_image(p.read_bytes(), captioner.preprocess) for p in SAMPLES[:2]]
+
+    def broken(self, pixels):
+        raise RuntimeError("the model fell over\nwith details")
+
+    monkeypatch.setattr(Captioner, "_run", broken)
+    results = infer(captioner, images)
+    assert [r.error for r in results] == ["inference failed: RuntimeError: the model fell over"] * 2
+    assert [(r.width, r.height) for r in results] == [(i.width, i.height) for i in images]
+    assert all(r.tokens == () for r in results)
+
+
+def test_only_phrases_of_up_to_three_words_count_as_repeated():
+    assert repeats_back_to_back("a red circle a red circle".split()) is True  # 3 words
+    assert repeats_back_to_back("a red circle above a red circle above".split()) is False
+
+
+def test_warnings_of_loading_reach_the_callback_given_to_from_args(reduced, monkeypatch):
+    # A bf16 agreement measured on another CPU: loading says so through `warn`.
+    manifest = read_manifest(reduced)
+    record_runtime_agreement(
+        reduced,
+        "openvino-bf16",
+        {"encoder_sha256": manifest.files["encoder.onnx"], "passed": True, "splits": {},
+         "device": "Another CPU"},
+    )  # fmt: skip
+    stand_in = bundle_module.create_encoder
+
+    def named_cpu(*args):
+        session = stand_in(*args)
+        return type("Encoder", (), {
+            "device_name": "This CPU", "run": session.run,
+            "get_inputs": session.get_inputs, "get_outputs": session.get_outputs,
+        })()  # fmt: skip
+
+    monkeypatch.setattr(bundle_module, "create_encoder", named_cpu)
+    warned = []
+    args = CaptionerArgs(model=reduced, device="cpu", encoder_runtime="openvino", precision="bf16")
+    Captioner.from_args(args, warn=warned.append)
+    assert len(warned) == 1 and "measured on Another CPU, not on this CPU (This CPU)" in warned[0]
