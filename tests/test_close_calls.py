@@ -4,6 +4,8 @@ in for the reduced-precision one)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from capbatch.export.precision import (
@@ -241,4 +243,18 @@ def test_an_agreement_measured_on_another_cpu_is_named(reduced, monkeypatch):
         "the openvino-bf16 caption agreement of "
         f"{read_manifest(reduced).model_id} was measured on Some Other CPU, not on this CPU "
         "(This CPU); measure it here with python -m capbatch.export.precision (docs/export.md)"
+    ]
+
+
+def test_the_cli_refuses_beam_search_with_bf16_in_one_line(capsys, tmp_path):
+    from tests.test_cli_caption import run_cli
+
+    out = tmp_path / "rows.csv"
+    args = ("--encoder-runtime", "openvino", "--precision", "bf16", "--beam-size", "3")
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    code, _, err = run_cli(capsys, "caption", samples, "--out", out, *args)
+    assert code == 2 and not out.exists()
+    assert err.strip().splitlines() == [
+        "capbatch: error: precision bf16 is measured and gated on greedy captions; "
+        "use beam size 1, or precision f32 for beam search"
     ]
