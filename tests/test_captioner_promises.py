@@ -128,3 +128,13 @@ def test_warnings_of_loading_reach_the_callback_given_to_from_args(reduced, monk
     args = CaptionerArgs(model=reduced, device="cpu", encoder_runtime="openvino", precision="bf16")
     Captioner.from_args(args, warn=warned.append)
     assert len(warned) == 1 and "measured on Another CPU, not on this CPU (This CPU)" in warned[0]
+
+
+def test_a_caption_that_loops_is_flagged_repeated(tmp_path):
+    from tests.runtime_fakes import make_fake_bundle
+
+    # The tiny fake bundle's random decoder loops on a word ("on on red on on on").
+    looping = Captioner(make_fake_bundle(tmp_path / "b"), device="cpu")
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    result = looping(pixels)
+    assert repeats_back_to_back(result.words) and result.repeated is True
