@@ -12,17 +12,27 @@ Prints a score per module (killed, timed out or crashed over mutants tested) and
 survivor; docs/testing.md records the results and why each survivor is left.
 
 A scheduled / benchmark job, not CI: one module takes minutes to an hour.
+
+mutmut forks each mutant's test run from a process in which onnxruntime has
+already started threads; now and then a child deadlocks on a lock no thread will
+release (a futex wait at ~0 % CPU), and mutmut's timeout, which counts CPU time,
+never fires. A watchdog (Linux /proc) kills a child older than --hang-seconds that
+used under a fifth of that in CPU; mutmut then counts it as killed by a signal,
+and the report lists it as hung, to read apart from the mutants tests killed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -122,6 +132,45 @@ def summarise(statuses: dict[str, str]) -> dict[str, dict]:
     return report
 
 
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # the fields after "(comm)"
+
+
+def hung_children(parent: int, hang_seconds: float) -> list[int]:
+    """Children of `parent` older than hang_seconds that used under a fifth of it in CPU."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    stuck = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat(int(entry.name))
+        # fields[1] = ppid; [11], [12] = utime, stime; [19] = start time (clock ticks)
+        if fields is None or int(fields[1]) != parent:
+            continue
+        age = uptime - int(fields[19]) / ticks
+        cpu = (int(fields[11]) + int(fields[12])) / ticks
+        if age > hang_seconds and cpu < age / 5:
+            stuck.append(int(entry.name))
+    return stuck
+
+
+def watch_for_hangs(process, hang_seconds: float, hung: list[str], done: threading.Event):
+    """Kill deadlocked mutant runs (see the module's docstring); their names go in `hung`."""
+    while not done.wait(5):
+        for pid in hung_children(process.pid, hang_seconds):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                continue
+            hung.append(title.decode(errors="replace").removeprefix("mutmut: "))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--module", action="append", default=[], help="capbatch/x.py (repeat)")
@@ -129,27 +178,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the per-module report here")
     parser.add_argument("--keep", type=Path, help="work here (kept) instead of a temp folder")
+    parser.add_argument(
+        "--hang-seconds", type=float, default=60.0, help="kill a mutant run idle this long"
+    )
     args = parser.parse_args(argv)
+    hung: list[str] = []
     work = args.keep or Path(tempfile.mkdtemp(prefix="capbatch-mutation-"))
     try:
         if not (work / "pyproject.toml").exists():
             copy_tree(work)
         configure(work, args.module, args.tests)
         command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)]
-        done = subprocess.run(command, cwd=work, capture_output=True, text=True)
-        if "failed to collect stats" in done.stdout + done.stderr:
+        process = subprocess.Popen(
+            command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        finished = threading.Event()
+        watchdog = threading.Thread(
+            target=watch_for_hangs, args=(process, args.hang_seconds, hung, finished), daemon=True
+        )
+        watchdog.start()
+        output, _ = process.communicate()
+        finished.set()
+        if "failed to collect stats" in output:
             # A test that fails on the unmutated code: mutmut tests nothing then.
-            print((done.stdout + done.stderr)[-3000:], file=sys.stderr)
+            print(output[-3000:], file=sys.stderr)
             return 2
         report = summarise(results(work))
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
     for module, entry in report.items():
+        entry["hung"] = sorted(name for name in hung if name.startswith(module + "."))
         counts = ", ".join(f"{k} {v}" for k, v in sorted(entry["counts"].items()))
-        print(f"{module}: score {entry['score']}% ({counts})")
+        print(f"{module}: score {entry['score']}% ({counts}; {len(entry['hung'])} hung)")
         for survivor in entry["survivors"]:
             print(f"  {survivor}")
+        for name in entry["hung"]:
+            print(f"  {name}: hung, killed by the watchdog")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2), encoding="utf-8")

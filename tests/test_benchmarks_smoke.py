@@ -180,3 +180,24 @@ def test_chunked_encoder_matches_one_run():
     for got, expected in zip((chunked.features, chunked.projected, chunked.h0, chunked.c0), whole):
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not Path("/proc/uptime").exists(), reason="reads Linux /proc")
+def test_mutation_watchdog_picks_only_children_that_sit_idle():
+    import subprocess
+    import time
+
+    hung_children = load_script("mutation").hung_children
+    parent = subprocess.Popen(["bash", "-c", "sleep 30 & (while :; do :; done) & wait"])
+    try:
+        time.sleep(2.5)
+        children = subprocess.run(
+            ["pgrep", "-P", str(parent.pid)], capture_output=True, text=True
+        ).stdout.split()
+        idle, busy = (int(pid) for pid in children)  # started in that order
+        assert hung_children(parent.pid, 1.0) == [idle]  # the spinning one is working
+        assert hung_children(parent.pid, 60.0) == []  # too young to call hung
+    finally:
+        subprocess.run(["pkill", "-P", str(parent.pid)])
+        parent.kill()
+        parent.wait()
