@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from .bundle import Bundle, Encoded, _stderr_warning, load_bundle
-from .close_calls import redo_close_calls
-from .decoding import DecodingOptions, Hypothesis, search
+from .close_calls import caption_batch
+from .decoding import DecodingOptions, Hypothesis
 from .domain import DomainCheck, DomainScores
 from .errors import InputDecodeError, UsageError
 from .image_decode import DecodedImage, decode_image
@@ -267,11 +267,7 @@ class Captioner:
         return self._run(pixels)[0]
 
     def _run(self, pixels: np.ndarray) -> tuple[list[Hypothesis], Encoded]:
-        encoded = self.bundle.encode(pixels)  # once per image, reused by every step
-        hypotheses = search(self.bundle.step_model(encoded), self.options)
-        hypotheses, encoded, redone = redo_close_calls(
-            self.bundle, pixels, hypotheses, encoded, self.options
-        )
+        hypotheses, encoded, redone = caption_batch(self.bundle, pixels, self.options)
         self.close_calls += redone
         return hypotheses, encoded
 

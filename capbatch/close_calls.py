@@ -71,3 +71,16 @@ def redo_close_calls(
     rows = close_call_rows(hypotheses, bundle.fallback_margin)
     merged_hypotheses, merged = redo_rows(bundle, pixels, hypotheses, encoded, options, rows)
     return merged_hypotheses, merged, int(rows.size)
+
+
+def caption_batch(
+    bundle: Bundle, pixels: np.ndarray, options: DecodingOptions
+) -> tuple[list[Hypothesis], Encoded, int]:
+    """One batch as the Captioner runs it: encode, decode, redo the close calls.
+
+    Returns every image's hypothesis, the encoder outputs each came from, and how
+    many were redone. The precision tool measures agreement through this too.
+    """
+    encoded = bundle.encode(pixels)  # once per image, reused by every step
+    found = search(bundle.step_model(encoded), options)
+    return redo_close_calls(bundle, pixels, found, encoded, options)

@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image
 
 from capbatch.bundle import Bundle, load_bundle
-from capbatch.close_calls import redo_close_calls
-from capbatch.decoding import DecodingOptions, Hypothesis, greedy_decode
+from capbatch.close_calls import caption_batch
+from capbatch.decoding import DecodingOptions, Hypothesis
 from capbatch.encoder_runtime import AGREEMENT_KEY, agreement_key
 from capbatch.errors import CapbatchError, ExportError, UsageError
 from capbatch.manifest import MANIFEST_FILE, read_manifest
@@ -104,10 +104,7 @@ def greedy_hypotheses(
     hypotheses: list[Hypothesis] = []
     redone = 0
     for start in range(0, pixels.shape[0], batch):
-        chunk = pixels[start : start + batch]
-        encoded = bundle.encode(chunk)
-        found = greedy_decode(bundle.step_model(encoded), options)
-        found, _, count = redo_close_calls(bundle, chunk, found, encoded, options)
+        found, _, count = caption_batch(bundle, pixels[start : start + batch], options)
         hypotheses += found
         redone += count
     return hypotheses, redone
