@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import struct
+import tarfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -67,3 +69,13 @@ HEIC_BYTES = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
 HTML_BYTES = (
     b"<!DOCTYPE html>\n<html><head><title>404</title></head><body>Not found</body></html>\n"
 )
+
+
+def tar_file(path: Path, members: dict[str, bytes]) -> Path:
+    """A plain tar at `path` holding these regular-file members, in this order."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

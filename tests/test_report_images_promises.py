@@ -28,7 +28,7 @@ from capbatch.report.images import (
     relative_url,
     thumbnail_uri,
 )
-from tests.io_fixtures import BLUE, GREEN, RED, encode, solid
+from tests.io_fixtures import BLUE, GREEN, RED, encode, solid, tar_file
 
 
 def decode_uri(uri: str) -> tuple[str, Image.Image]:
@@ -50,15 +50,6 @@ def stripes(size=(90, 30)) -> Image.Image:
     image.paste(GREEN, (width // 3, 0, 2 * width // 3, height))
     image.paste(BLUE, (2 * width // 3, 0, width, height))
     return image
-
-
-def make_tar(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 # -- thumbnails ---------------------------------------------------------------------------
@@ -116,7 +107,7 @@ def test_read_file_says_why_a_file_cannot_be_read(tmp_path):
 
 
 def test_read_file_reads_an_archive_as_a_file_not_its_members(tmp_path):
-    tar = make_tar(tmp_path / "photo.tar", {"x.png": encode(solid(RED), "PNG")})
+    tar = tar_file(tmp_path / "photo.tar", {"x.png": encode(solid(RED), "PNG")})
     assert read_file(str(tar)) == tar.read_bytes()
 
 
@@ -180,7 +171,7 @@ def test_an_absolute_name_is_not_looked_for_beside_the_output(tmp_path):
 
 def test_an_archive_member_key_names_its_archive_and_member(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    make_tar(tmp_path / "shards.tar", {"x.png": b"x"})
+    tar_file(tmp_path / "shards.tar", {"x.png": b"x"})
     (tmp_path / "odd::name.tar").write_bytes((tmp_path / "shards.tar").read_bytes())
     (tmp_path / "notes.txt").write_text("not an archive")
     locator = Locator(tmp_path / "elsewhere")
@@ -200,7 +191,7 @@ def test_an_archive_member_key_names_its_archive_and_member(tmp_path, monkeypatc
 
 
 def test_an_archive_is_found_beside_the_output_too(tmp_path):
-    make_tar(tmp_path / "shards.tar", {"x.png": b"x"})
+    tar_file(tmp_path / "shards.tar", {"x.png": b"x"})
     found = Locator(tmp_path).archive_member("shards.tar::x.png")
     assert found == (tmp_path / "shards.tar", "x.png")
 
@@ -210,8 +201,8 @@ def archives(tmp_path):
     """a.tar, b.tar, c.zip, each with m0.png (red), m1.png (green), m2.png (blue)."""
     colours = {"m0.png": RED, "m1.png": GREEN, "m2.png": BLUE}
     members = {name: encode(solid(colour, (8, 8)), "PNG") for name, colour in colours.items()}
-    make_tar(tmp_path / "a.tar", members)
-    make_tar(tmp_path / "b.tar", members)
+    tar_file(tmp_path / "a.tar", members)
+    tar_file(tmp_path / "b.tar", members)
     with zipfile.ZipFile(tmp_path / "c.zip", "w") as archive:
         for name, data in members.items():
             archive.writestr(name, data)
@@ -293,7 +284,7 @@ def test_the_default_keeps_four_archives_open(archives, passes):
     names = []
     for index in range(5):
         name = f"s{index}.tar"
-        make_tar(folder / name, members)
+        tar_file(folder / name, members)
         names.append(name)
     reader = ArchiveReader()
     for name in names[:4]:

@@ -9,7 +9,6 @@ shows it, in the page itself.
 
 from __future__ import annotations
 
-import csv
 import html
 import re
 from pathlib import Path
@@ -24,6 +23,7 @@ from capbatch.report.summary import (
     RunSummary,
     reason_pattern,
 )
+from tests.test_report import write_csv as report_csv
 
 FIELDS = ["key", "path", "caption", "score", "status", "error", "model_id"]
 
@@ -44,13 +44,7 @@ def summarise(records: list[dict]) -> RunSummary:
 
 
 def write_csv(path: Path, records: list[dict], fields: list[str] | None = None) -> Path:
-    fields = fields or FIELDS
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fields)
-        writer.writeheader()
-        for record in records:
-            writer.writerow({name: record.get(name, "") for name in fields})
-    return path
+    return report_csv(path, records, fields or FIELDS)  # this file's columns by default
 
 
 def header_text(page: Path, element_id: str) -> str:

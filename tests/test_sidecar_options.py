@@ -15,7 +15,7 @@ import pytest
 from capbatch.cli import main
 from capbatch.errors import ExitCode
 from capbatch.output.sidecars import member_sidecar_name
-from tests.io_fixtures import jpeg_bytes, png_bytes
+from tests.io_fixtures import jpeg_bytes, png_bytes, tar_file
 from tests.runtime_fakes import make_fake_bundle
 
 
@@ -75,17 +75,9 @@ def test_sidecar_options_out_of_place_are_usage_errors(capsys, bundle, tmp_path,
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def _tar_with(path: Path, members: dict[str, bytes]) -> None:
-    with tarfile.open(path, "w") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-
-
 def test_archive_members_get_an_error_row_or_a_sidecar_in_sidecar_dir(capsys, bundle, tmp_path):
     shard = tmp_path / "shard.tar"
-    _tar_with(shard, {"000001.png": png_bytes(), "../../escape.png": png_bytes()})
+    tar_file(shard, {"000001.png": png_bytes(), "../../escape.png": png_bytes()})
     journal = tmp_path / "run.jsonl"
     base = ("caption", shard, "--format", "txt", "--model", bundle)
     code, err = run_cli(capsys, *base, "--out", journal)
