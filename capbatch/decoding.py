@@ -185,7 +185,8 @@ def greedy_decode(model: StepModel, options: DecodingOptions) -> list[Hypothesis
         best = np.argmax(result.log_probs, axis=1)  # (R,) first index of the max
         best_logprob = result.log_probs[rows, best]  # (R,)
         if options.track_margins:
-            margins[active] = np.minimum(margins[active], _gap_to_runner_up(result.log_probs, best))
+            gaps = _gap_to_runner_up(result.log_probs, rows, best, best_logprob)
+            margins[active] = np.minimum(margins[active], gaps)
         for row, image in enumerate(active.tolist()):
             out_logprobs[image].append(best_logprob[row])
             if options.return_alphas:
@@ -213,12 +214,13 @@ def greedy_decode(model: StepModel, options: DecodingOptions) -> list[Hypothesis
     ]
 
 
-def _gap_to_runner_up(log_probs: np.ndarray, best: np.ndarray) -> np.ndarray:
-    """(R,) log_probs[best] minus the largest other entry; inf for a one-word vocabulary."""
-    rows = np.arange(best.shape[0])
+def _gap_to_runner_up(
+    log_probs: np.ndarray, rows: np.ndarray, best: np.ndarray, best_logprob: np.ndarray
+) -> np.ndarray:
+    """(R,) best_logprob minus the largest other entry; inf for a one-word vocabulary."""
     others = log_probs.copy()  # masking a copy: 6x cheaper than a partition over the vocab
     others[rows, best] = -np.inf
-    return log_probs[rows, best] - others.max(axis=1)
+    return best_logprob - others.max(axis=1)
 
 
 def _hypothesis(
