@@ -44,7 +44,6 @@ Exit codes: 0 every image captioned, 1 some images failed (error rows written),
 OutputFormat = Enum("OutputFormat", {name: name for name in FORMATS}, type=str)
 
 
-@app.command("caption", epilog=CAPTION_EXAMPLES, no_args_is_help=True)
 def caption(
     inputs: Annotated[
         list[str] | None,
@@ -260,3 +259,7 @@ def caption(
     else:
         summary = caption_run.caption_locally(options, args, quiet)
     caption_run.finish(summary, quiet, stats_json, report, options)
+
+
+# A call, not a decorator: capbatch/cli.py says why.
+app.command("caption", epilog=CAPTION_EXAMPLES, no_args_is_help=True)(caption)

@@ -1,7 +1,11 @@
 """The `capbatch` command: a thin Typer layer over the library.
 
 Commands live in their own modules and register here; this module maps
-library errors to one line on stderr and an exit code.
+library errors to one line on stderr and an exit code. A command module
+registers its function with a call after the definition
+(`app.command("caption", ...)(caption)`), not with a decorator: mutation testing
+(mutmut, docs/testing.md) skips decorated functions, and a command's body is
+where its options are wired.
 """
 
 from __future__ import annotations

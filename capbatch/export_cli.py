@@ -59,7 +59,6 @@ def _import_exporter():
     return export_bundles
 
 
-@app.command("export", epilog=EXPORT_EXAMPLES, no_args_is_help=True)
 def export(
     ckpt: Annotated[Path, typer.Option("--ckpt", help="Training checkpoint (best.pt).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
@@ -146,6 +145,10 @@ def export(
             typer.echo(line)
     if result.domain_note:
         typer.echo(result.domain_note)
+
+
+# A call, not a decorator: capbatch/cli.py says why.
+app.command("export", epilog=EXPORT_EXAMPLES, no_args_is_help=True)(export)
 
 
 # --------------------------------------------------------------------------- summary

@@ -12,7 +12,6 @@ from . import __version__
 from .cli import app
 
 
-@app.command("info")
 def info(
     model: Annotated[
         Path | None, typer.Option("--model", help="Model bundle directory (default: built-in).")
@@ -58,6 +57,10 @@ def info(
         typer.echo(f"tools        {_inline(manifest['tools'])}")
     typer.echo(f"domain check {_domain_line(bundle_dir)}")
     _echo_model_card(manifest.get("model_card") or {})
+
+
+# A call, not a decorator: capbatch/cli.py says why.
+app.command("info")(info)
 
 
 def _echo_model_card(card: dict) -> None:

@@ -21,7 +21,6 @@ Examples:
 """
 
 
-@app.command("report", epilog=REPORT_EXAMPLES, no_args_is_help=True)
 def report(
     run_output: Annotated[
         Path,
@@ -87,3 +86,7 @@ def report(
             "the caption run ran in (relative paths are tried there and beside the output)",
             err=True,
         )
+
+
+# A call, not a decorator: capbatch/cli.py says why.
+app.command("report", epilog=REPORT_EXAMPLES, no_args_is_help=True)(report)

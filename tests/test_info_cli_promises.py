@@ -120,6 +120,14 @@ def test_empty_metrics_print_a_dash(capsys, edited):
         assert field(lines, "metrics") == "-"
 
 
+def test_a_bundle_without_the_optional_vocab_and_config_still_gets_its_summary(capsys, edited):
+    # Older bundles carry neither entry (the vocabulary then sits at its default file).
+    lines = info_lines(capsys, "--model", edited(vocab=None, config=None))
+    assert field(lines, "vocab") == ""
+    assert field(lines, "config") == ""
+    assert field(lines, "model") == f"fake-0 ({edited()})"
+
+
 def test_validation_and_tools_lines_appear_only_when_the_manifest_has_them(capsys, edited):
     lines = info_lines(capsys, "--model", edited(validation=None, tools=None))
     assert not any(line.startswith(("validation", "tools")) for line in lines)
