@@ -1,0 +1,250 @@
+"""What `capbatch caption` does around the job (capbatch/caption_run.py, docs/runtime.md):
+the progress line on stderr, --dry-run's plan on stdout, the summary lines, the end of
+a run (--report, --stats-json, failed Ray shards, the exit code) and model warnings."""
+
+# ruff: noqa: F811 (the fixtures bundle and photos are imported by name, then requested)
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import typer
+
+from capbatch import bundle as bundle_module
+from capbatch.caption_run import Progress, capped, finish, summary_lines
+from capbatch.errors import ExitCode
+from capbatch.job import RunOptions, RunSummary
+from tests.test_cli_caption import bundle, photos, run_cli  # noqa: F401 (fixtures)
+from tests.test_report import page_rows
+
+DONE = SimpleNamespace(processed=3, skipped=1, images_per_s=2.5, errors=1)
+
+
+# -- the progress line ----------------------------------------------------------------
+
+
+def progress(capsys, *, quiet=False, total_before=None, total_after=None, starts=1) -> str:
+    with Progress(quiet) as shown:
+        if total_before is not None:
+            shown.set_total(total_before)
+        for _ in range(starts):
+            shown.start()
+        if total_after is not None:
+            shown.set_total(total_after)
+        shown.update(DONE)
+    return capsys.readouterr().err
+
+
+def line_shape(done_of_total: str, eta: str) -> re.Pattern:
+    """One line: spinner, label, bar, done/total, rate, errors, elapsed, ETA."""
+    return re.compile(
+        rf"^\S captioning ━+╸? +{re.escape(done_of_total)} 2\.5 img/s 1 errors "
+        rf"\d:\d\d:\d\d ETA {re.escape(eta)}\n$"
+    )
+
+
+def test_progress_counts_done_and_skipped_against_the_total_with_rate_and_errors(capsys):
+    assert line_shape("4/7", "-:--:--").match(progress(capsys, total_before=7))
+
+
+def test_a_total_counted_after_the_start_still_reaches_the_line(capsys):
+    assert line_shape("4/9", "-:--:--").match(progress(capsys, total_after=9))
+
+
+def test_an_unknown_or_zero_total_shows_a_question_mark(capsys):
+    for total in (0, None):
+        err = progress(capsys, total_after=total)
+        assert re.match(r"^\S captioning ━+ 4/\? 2\.5 img/s 1 errors", err), err
+
+
+def test_progress_starts_once_however_often_start_is_called(capsys):
+    assert line_shape("4/7", "-:--:--").match(progress(capsys, total_before=7, starts=3))
+
+
+def test_quiet_progress_prints_nothing(capsys):
+    assert progress(capsys, quiet=True, total_before=7, total_after=9) == ""
+
+
+@pytest.mark.parametrize(
+    ("total", "limit", "shown"),
+    [(10, 3, 3), (2, 3, 2), (3, 3, 3), (None, 3, None), (10, None, 10), (None, None, None)],
+)
+def test_the_progress_total_is_capped_by_limit(total, limit, shown):
+    assert capped(total, limit) == shown
+
+
+# -- the summary lines ------------------------------------------------------------------
+
+
+def summary(**fields) -> RunSummary:
+    result = RunSummary(out=Path("out/c.csv"), fmt="csv", elapsed_s=2.0)
+    for name, value in fields.items():
+        setattr(result, name, value)
+    return result
+
+
+def test_the_first_summary_line_counts_rates_and_names_the_output():
+    assert summary_lines(summary(ok=3, errors=1)) == [
+        "3 captioned, 1 failed in 2.0 s (2.0 images/s) -> out/c.csv"
+    ]
+    assert summary_lines(summary(ok=3, skipped=2, out=Path("-"))) == [
+        "3 captioned, 0 failed, 2 already done in 2.0 s (1.5 images/s) -> stdout"
+    ]
+
+
+def test_an_interrupted_run_says_how_to_continue():
+    assert summary_lines(summary(ok=1, interrupted=True)) == [
+        "interrupted: 1 captioned, 0 failed in 2.0 s (0.5 images/s) -> out/c.csv; "
+        "rerun with --resume to continue"
+    ]
+
+
+def test_flags_and_reasons_get_a_line_each_when_present():
+    lines = summary_lines(
+        summary(
+            ok=4,
+            errors=2,
+            flags=Counter(in_domain=3, truncated=2, repeated=1),
+            flag_rows=Counter(in_domain=4, truncated=4, repeated=4),
+            reasons=Counter({"truncated PNG": 2}),
+        )  # fmt: skip
+    )
+    assert lines[1:4] == [
+        "1 of 4 images look unlike the model's training data (in_domain=false)",
+        "2 caption(s) stopped at the length limit without an end (truncated=true)",
+        "1 caption(s) repeat a word or phrase back to back (repeated=true)",
+    ]
+    assert lines[4] == "failed, by reason:"
+    assert len(lines) == 6 and "truncated PNG" in lines[5] and "2" in lines[5]
+
+
+def test_flags_no_row_carried_and_flags_never_true_get_no_line():
+    quiet_flags = summary(ok=4, flags=Counter(), flag_rows=Counter(truncated=4, repeated=4))
+    assert summary_lines(quiet_flags) == [
+        "4 captioned, 0 failed in 2.0 s (2.0 images/s) -> out/c.csv"
+    ]
+    all_in = summary(ok=4, flags=Counter(in_domain=4), flag_rows=Counter(in_domain=4))
+    assert summary_lines(all_in)[1] == (
+        "0 of 4 images look unlike the model's training data (in_domain=false)"
+    )
+
+
+# -- the end of a run ---------------------------------------------------------------------
+
+
+def test_failed_ray_shards_are_named_first_ten_at_most_then_the_exit_code(capsys, tmp_path):
+    ended = summary(ok=2, errors=1)
+    ended.failed_shards = list(range(12))
+    with pytest.raises(typer.Exit) as exit_info:
+        finish(ended, False, None, None, RunOptions(inputs=("photos",), out=tmp_path / "c.csv"))
+    assert exit_info.value.exit_code == ExitCode.SOME_FAILED
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == (
+        "capbatch: 12 shard(s) failed after retries (0, 1, 2, 3, 4, 5, 6, 7, 8, 9); "
+        "rerun with --resume to retry them"
+    )
+    assert lines[1].startswith("2 captioned, 1 failed in 2.0 s")
+
+
+def test_quiet_end_prints_nothing_but_keeps_the_exit_code_and_writes_stats(capsys, tmp_path):
+    ended = summary(errors=1, reasons=Counter({"truncated PNG": 1}))
+    ended.failed_shards = [3]
+    with pytest.raises(typer.Exit) as exit_info:
+        options = RunOptions(inputs=("photos",), out=tmp_path / "c.csv")
+        finish(ended, True, tmp_path / "s.json", None, options)
+    assert exit_info.value.exit_code == ExitCode.SOME_FAILED
+    assert capsys.readouterr().err == ""
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert (stats["status"], stats["exit_code"]) == ({"ok": 0, "error": 1}, ExitCode.SOME_FAILED)
+
+
+def test_a_whole_run_ends_without_raising(capsys, tmp_path):
+    options = RunOptions(inputs=("photos",), out=tmp_path / "c.csv")
+    finish(summary(ok=2), False, None, None, options)
+    assert capsys.readouterr().err.startswith("2 captioned, 0 failed")
+
+
+def test_report_with_attention_maps_through_the_cli(capsys, bundle, photos, tmp_path):
+    out, page = tmp_path / "c.csv", tmp_path / "r.html"
+    code, _, err = run_cli(capsys, "caption", photos, "--out", out, "--model", bundle,
+                           "--report", page, "--attention-dir", tmp_path / "maps")  # fmt: skip
+    assert code == ExitCode.SOME_FAILED  # broken.jpg
+    assert f"report of 4 rows -> {page}\n" in err
+    rows = page_rows(page)
+    assert [bool(row.get("attention")) for row in rows] == [True, True, False, True]
+
+
+def test_a_resumed_run_reports_all_its_rows_old_and_new(capsys, bundle, photos, tmp_path):
+    out, page = tmp_path / "c.csv", tmp_path / "r.html"
+    code, _, _ = run_cli(capsys, "caption", photos, "--out", out, "--model", bundle,
+                         "--limit", "2", "-q")  # fmt: skip
+    assert code == ExitCode.OK
+    # 2 already done and 2 new: the report is written and holds all four rows.
+    code, _, err = run_cli(capsys, "caption", photos, "--out", out, "--model", bundle,
+                           "--resume", "--report", page, "--limit", "4")  # fmt: skip
+    assert code == ExitCode.SOME_FAILED, err
+    assert f"report of 4 rows -> {page}\n" in err
+    assert len(page_rows(page)) == 4
+
+
+def test_quiet_report_is_written_without_its_line(capsys, bundle, photos, tmp_path):
+    page = tmp_path / "r.html"
+    code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "c.csv",
+                           "--model", bundle, "--report", page, "-q")  # fmt: skip
+    assert code == ExitCode.SOME_FAILED
+    assert "report of" not in err and len(page_rows(page)) == 4
+
+
+# -- --dry-run -----------------------------------------------------------------------------
+
+
+def test_dry_run_prints_the_whole_plan_on_stdout(capsys, bundle, photos, tmp_path):
+    code, out, err = run_cli(capsys, "caption", photos, "--out", "-", "--format", "jsonl",
+                             "--model", bundle, "--dry-run")  # fmt: skip
+    assert (code, err) == (ExitCode.OK, "")
+    assert out.splitlines() == [
+        "dry run: 4 input(s) found, 0 already done, 4 to caption -> stdout (jsonl); "
+        "nothing written",
+        f"  {photos / 'a.png'}",
+        f"  {photos / 'b.jpg'}",
+        f"  {photos / 'broken.jpg'}",
+        f"  {photos / 'nested' / 'deeper' / 'c.png'}",
+        "model fake-0 ok on CPUExecutionProvider",
+    ]
+
+
+def test_dry_run_of_a_resumed_run_counts_what_is_left(capsys, bundle, photos, tmp_path):
+    for index in range(3):
+        (photos / f"more{index}.png").write_bytes((photos / "a.png").read_bytes())
+    out = tmp_path / "c.csv"
+    assert run_cli(capsys, "caption", photos, "--out", out, "--model", bundle,
+                   "--limit", "2", "-q")[0] == ExitCode.OK  # fmt: skip
+    code, stdout, _ = run_cli(capsys, "caption", photos, "--out", out, "--model", bundle,
+                              "--resume", "--dry-run")  # fmt: skip
+    assert code == ExitCode.OK
+    lines = stdout.splitlines()
+    assert lines[0] == (
+        f"dry run: 7 input(s) found, 2 already done, 5 to caption -> {out} (csv); nothing written"
+    )
+    assert len(lines) == 1 + 5 + 2 and lines[6] == "  ... and 2 more"
+
+
+def test_model_warnings_reach_stderr_in_dry_runs_and_real_runs(
+    capsys,
+    bundle,
+    photos,
+    tmp_path,
+    monkeypatch,
+):
+    monkeypatch.setattr(bundle_module, "fallback_warning", lambda requested, active: "slow path")
+    code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "c.csv",
+                           "--model", bundle, "--dry-run")  # fmt: skip
+    assert code == ExitCode.OK and err == "capbatch: warning: slow path\n"
+    code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "c.csv",
+                           "--model", bundle, "-q")  # fmt: skip
+    assert code == ExitCode.SOME_FAILED and err == "capbatch: warning: slow path\n"
