@@ -7,7 +7,10 @@ a run (--report, --stats-json, failed Ray shards, the exit code) and model warni
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import threading
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +20,7 @@ import typer
 
 from capbatch import bundle as bundle_module
 from capbatch.caption_run import Progress, capped, finish, summary_lines
+from capbatch.engines import local as local_engine
 from capbatch.errors import ExitCode
 from capbatch.job import RunOptions, RunSummary
 from tests.test_cli_caption import bundle, photos, run_cli  # noqa: F401 (fixtures)
@@ -248,3 +252,61 @@ def test_model_warnings_reach_stderr_in_dry_runs_and_real_runs(
     code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "c.csv",
                            "--model", bundle, "-q")  # fmt: skip
     assert code == ExitCode.SOME_FAILED and err == "capbatch: warning: slow path\n"
+
+
+# -- the local run: signals and the counted total ---------------------------------------
+
+
+def test_sigterm_mid_run_finishes_the_batch_flushes_and_exits_3(
+    capsys, bundle, photos, tmp_path, monkeypatch
+):
+    """In-process, so that mutation testing sees it: the first progress update sends
+    SIGTERM to this process; the handler capbatch installed must stop the run after
+    that batch and be replaced by the previous one afterwards."""
+    real_update = Progress.update
+    sent = []
+
+    def update_then_signal(self, summary):
+        real_update(self, summary)
+        if not sent:
+            sent.append(summary.processed)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Progress, "update", update_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "c.csv"
+    code, _, err = run_cli(capsys, "caption", photos, "--out", out, "--model", bundle,
+                           "--batch-size", "1")  # fmt: skip
+    assert code == ExitCode.INTERRUPTED, err
+    assert signal.getsignal(signal.SIGTERM) is before
+    rows = out.read_text().splitlines()[1:]
+    assert sent == [1] and 1 <= len(rows) < 4  # the batch in flight may still land
+    assert "interrupted: " in err and "; rerun with --resume to continue" in err
+
+
+@pytest.mark.parametrize(("limit", "total"), [(None, "4/4"), ("2", "2/2")])
+def test_the_counted_total_capped_by_limit_reaches_the_progress_line(
+    capsys, bundle, photos, tmp_path, monkeypatch, limit, total
+):
+    # The count runs in its own thread; the run waits for it here so the line is known.
+    counted = threading.Event()
+    real_set_total = Progress.set_total
+
+    def set_total_then_tell(self, value):
+        real_set_total(self, value)
+        counted.set()
+
+    real_run = local_engine.run_captioning
+
+    def run_after_the_count(*args, **kwargs):
+        assert counted.wait(30)
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(Progress, "set_total", set_total_then_tell)
+    monkeypatch.setattr(local_engine, "run_captioning", run_after_the_count)
+    extra = ["--limit", limit] if limit else []
+    code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "c.csv",
+                           "--model", bundle, *extra)  # fmt: skip
+    assert code in (ExitCode.OK, ExitCode.SOME_FAILED), err
+    (line,) = [line for line in err.splitlines() if "captioning" in line]
+    assert f" {total} " in line
