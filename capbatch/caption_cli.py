@@ -250,7 +250,7 @@ def caption(
     )
     caption_run.model_notice(args.model)
     if dry_run:
-        caption_run.dry_run(options, args)
+        caption_run.dry_run(options, args, ray=engine is Engine.ray)
         return
     if engine is Engine.ray:
         summary = caption_run.caption_on_ray(

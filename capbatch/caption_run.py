@@ -183,13 +183,18 @@ def model_notice(model: str | None) -> None:
         echo(f"capbatch: note: {notice}")
 
 
-def dry_run(options, args) -> None:
+def dry_run(options, args, ray: bool = False) -> None:
     """--dry-run: what the run would do, on stdout; the model loaded once to check it."""
     from .captioner import Captioner
     from .output import open_output
     from .preflight import dry_run
 
-    output = open_output(options.out, options.fmt)
+    if ray:
+        from .engines.ray_plan import OutputLayout, ShardRows
+
+        output = ShardRows(OutputLayout.for_output(options.out, options.fmt))
+    else:
+        output = open_output(options.out, options.fmt)
     plan = dry_run(options, output)
     captioner = Captioner.from_args(
         args, warn=lambda message: echo(f"capbatch: warning: {message}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
 from .job import (
@@ -24,6 +25,9 @@ from .job import (
 from .output import Output, StreamOutput, is_stdout, open_output
 from .sources import expand_braces, iter_sources
 
+if TYPE_CHECKING:
+    from .engines.ray_plan import ShardRows
+
 # What a user who typed "--quiet true" left behind as an input path.
 _BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
 
@@ -35,23 +39,35 @@ def preflight(options: RunOptions, engine: Engine) -> None:
     check_not_empty(options)
 
 
-def check_output(options: RunOptions, engine: Engine) -> Output | StreamOutput:
+def check_output(options: RunOptions, engine: Engine) -> Output | StreamOutput | None:
     """The format (and its match with --out's extension), its extra, and a collision
-    with an existing output; the Ray engine checks its shard layout itself."""
+    with an existing output; the Ray engine checks its shard layout itself, and a
+    shards-only --out folder (None returned) has no file of its own to open."""
+    if engine is Engine.ray:
+        from .engines.ray_plan import OutputLayout
+
+        layout = OutputLayout.for_output(options.out, options.fmt)
+        if layout.merged is None:
+            _check_parquet_extra(layout.shard_fmt)
+            return None
     output = open_output(
         options.out,
         options.fmt,
         overwrite_sidecars=options.overwrite_sidecars,
         settings=options.output_settings,
     )
-    if output.fmt == "parquet":
-        from .output.parquet import import_pyarrow
-
-        import_pyarrow()  # the one-line install hint when pyarrow is missing
+    _check_parquet_extra(output.fmt)
     if engine is Engine.local and not is_stdout(options.out):
         if not options.overwrite and not options.resuming and output.has_content(output.done()):
             raise existing_output_error(output.path)
     return output
+
+
+def _check_parquet_extra(fmt: str) -> None:
+    if fmt == "parquet":
+        from .output.parquet import import_pyarrow
+
+        import_pyarrow()  # the one-line install hint when pyarrow is missing
 
 
 def _missing(raw: str) -> list[str]:
@@ -95,8 +111,11 @@ class DryRun:
     first_keys: tuple[str, ...]
 
 
-def dry_run(options: RunOptions, output: Output | StreamOutput, shown: int = 5) -> DryRun:
-    """Resolve every input as the run would (reading each once), touching no output."""
+def dry_run(
+    options: RunOptions, output: Output | StreamOutput | ShardRows, shown: int = 5
+) -> DryRun:
+    """Resolve every input as the run would (reading each once), touching no output
+    (`output` is only asked for its done keys)."""
     skip = keys_to_keep({} if options.overwrite else output.done(), options)
     count = done = 0
     first: list[str] = []

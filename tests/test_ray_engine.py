@@ -228,6 +228,37 @@ def test_cli_rows_equal_local_engine(ray_local, capsys, bundle, inputs, monkeypa
 
 
 @needs_ray
+@pytest.mark.parametrize(("out", "fmt"), [("shards", "jsonl"), ("existing", None)])
+def test_cli_out_folder_keeps_the_shards_only(
+    ray_local, capsys, bundle, inputs, monkeypatch, out, fmt
+):
+    """docs/scale-out.md: --out DIR (an existing folder, or a name without extension)
+    keeps the shards only; the checks before the model once refused it."""
+    monkeypatch.chdir(inputs)
+    (inputs / "existing").mkdir()
+    expected = local_rows(bundle, inputs / "local.jsonl", inputs=("photos",))
+    extra = ["--format", fmt] if fmt else []
+    code = main(["caption", "photos", "--out", out, *extra, "--model", str(bundle),
+                 "--device", "cpu", "--batch-size", "4", "--engine", "ray", "-q"])  # fmt: skip
+    assert code == ExitCode.SOME_FAILED, capsys.readouterr().err  # broken.jpg
+    layout = OutputLayout.for_output(inputs / out, fmt)
+    assert layout.merged is None and layout.shard_fmt == (fmt or "parquet")
+    assert sorted(p.name for p in (inputs / out).iterdir()) == [
+        "done.jsonl", "plan.json", f"shard-00000.{layout.shard_fmt}"
+    ]  # fmt: skip
+    assert [row.key for row in layout.read_rows(0)] == [row["key"] for row in expected]
+    # A dry run of the resume counts the rows the shard files hold as done.
+    capsys.readouterr()
+    code = main(["caption", "photos", "--out", out, *extra, "--model", str(bundle),
+                 "--engine", "ray", "--resume", "--dry-run"])  # fmt: skip
+    assert code == ExitCode.OK
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"dry run: 8 input(s) found, 8 already done, 0 to caption -> {out} "
+        f"({layout.shard_fmt}); nothing written"
+    )
+
+
+@needs_ray
 def test_resume_skips_finished_shards(ray_local, bundle, inputs, monkeypatch):
     monkeypatch.chdir(inputs)
     args = ("shard-000.tar", "photos")

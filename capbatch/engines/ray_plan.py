@@ -80,7 +80,9 @@ class OutputLayout:
     @classmethod
     def for_output(cls, out: Path, fmt: str | None) -> OutputLayout:
         out = Path(out)
-        if out.is_dir() or (not out.suffix and fmt is None):
+        # docs/scale-out.md: an existing folder, or a name without extension whatever
+        # --format says, keeps the shards only.
+        if out.is_dir() or not out.suffix:
             shard_fmt = fmt or "parquet"
             if shard_fmt not in ("jsonl", "parquet"):
                 raise UsageError("a shards-only --out folder holds jsonl or parquet shards")
@@ -137,6 +139,24 @@ class OutputLayout:
 
     def read_rows(self, index: int) -> Iterator[Row]:
         return read_rows(self.shard_file(index), self.shard_fmt)
+
+
+@dataclass(frozen=True)
+class ShardRows:
+    """A Ray output as --dry-run reads it: the rows its shard files hold (what
+    --resume keeps), not the merged file, which a crashed run never wrote."""
+
+    layout: OutputLayout
+
+    @property
+    def fmt(self) -> str:
+        return self.layout.fmt
+
+    def done(self) -> dict[str, str]:
+        rows: dict[str, str] = {}
+        for path in self.layout.shard_files():
+            rows.update(open_output(path, self.layout.shard_fmt).done())
+        return rows
 
 
 def plan_record(shards: Sequence[Shard], options: RunOptions, args, model_id: str) -> dict:
