@@ -213,7 +213,7 @@ RUNS: dict[str, Run] = {
     ),
     "export_cli": run(
         "capbatch/export_cli.py",
-        "tests/test_export_cli.py tests/test_export_domain.py tests/test_export_cli_promises.py",
+        "tests/test_export_cli.py tests/test_export_domain.py",
     ),
     "export_validate": run(
         "capbatch/export/validate.py",
@@ -233,6 +233,15 @@ def module_name(path: str) -> str:
     """capbatch/output/__init__.py -> capbatch.output (mutmut's module names)."""
     name = path.removesuffix(".py").replace("/", ".")
     return name.removesuffix(".__init__")
+
+
+def source_file(path: str) -> Path:
+    """Where a planned module is in the checkout: export/ installs as capbatch/export."""
+    return (
+        REPO / path.removeprefix("capbatch/")
+        if path.startswith("capbatch/export/")
+        else REPO / path
+    )
 
 
 def runtime_modules() -> list[str]:
@@ -285,7 +294,10 @@ def totals(results: Path) -> tuple[list[dict], dict]:
             measured[module] = {"run": report.stem, "mutants": tested, "caught": caught}
     owner = planned()
     rows = []
-    for path in runtime_modules():
+    runtime = runtime_modules()
+    # Export validation (export/ is capbatch.export once installed) is shown after the
+    # runtime, and counted apart from it.
+    for path in [*runtime, *sorted(set(owner) - set(runtime))]:
         row = {"module": path, **measured.get(module_name(path), {})}
         if "mutants" not in row:
             if path in EXCLUDED:
@@ -295,8 +307,9 @@ def totals(results: Path) -> tuple[list[dict], dict]:
             else:
                 row["note"] = "in no run (no functions to mutate?)"
         rows.append(row)
-    mutants = sum(row.get("mutants", 0) for row in rows)
-    caught = sum(row.get("caught", 0) for row in rows)
+    counted = [row for row in rows if row["module"] in runtime]
+    mutants = sum(row.get("mutants", 0) for row in counted)
+    caught = sum(row.get("caught", 0) for row in counted)
     total = {"mutants": mutants, "caught": caught, "score": round(100 * caught / mutants, 1)}
     return rows, total
 
@@ -312,9 +325,11 @@ def print_total(results: Path) -> int:
                   f"| {score:.1f} % |")  # fmt: skip
         else:
             print(f"| `{row['module']}` | - | - | - | {row['note']} |")
-    print(f"| **capbatch/** | | **{total['mutants']}** | **{total['caught']}** "
-          f"| **{total['score']} %** |")  # fmt: skip
-    below = [r["module"] for r in rows if r.get("mutants") and 100 * r["caught"] / r["mutants"] < GOAL]
+    print(f"| **capbatch/ (the runtime, the rows above export/)** | | **{total['mutants']}** "
+          f"| **{total['caught']}** | **{total['score']} %** |")  # fmt: skip
+    below = [
+        r["module"] for r in rows if r.get("mutants") and 100 * r["caught"] / r["mutants"] < GOAL
+    ]
     if below:
         print(f"below {GOAL} %: {', '.join(below)}")
     return 0 if total["score"] >= GOAL else 1
