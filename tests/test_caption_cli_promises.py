@@ -1,6 +1,7 @@
 """What `capbatch caption`'s command body promises (capbatch/caption_cli.py), in-process
 so that mutation testing sees it: Pillow's warnings are silenced and nothing else is,
-and every engine-only option is refused by name on the wrong engine."""
+every engine-only option is refused by name on the wrong engine, and --engine ray
+gets what it needs (the local engine never imports Ray)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import warnings
 import pytest
 from PIL import Image
 
+from capbatch import caption_run
+from capbatch.engines import ray_options
 from capbatch.errors import ExitCode
+from capbatch.job import RunSummary
 from tests.test_cli_caption import bundle, read_csv, run_cli  # noqa: F401 (fixture)
 
 CORRUPT_EXIF = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00\x12\x01\x03\x00\x01\x00"
@@ -53,3 +57,54 @@ def test_engine_only_options_are_refused_by_name(capsys, bundle, tmp_path, args,
     code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "o.csv",
                            "--model", bundle, *args)  # fmt: skip
     assert (code, err) == (ExitCode.FATAL, f"capbatch: error: {message}\n")
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), "red").save(folder / "red.png")
+    return folder
+
+
+def test_stats_json_naming_a_folder_is_refused_before_the_model(capsys, bundle, photos, tmp_path):  # noqa: F811
+    code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "o.csv",
+                           "--model", "/nonexistent/bundle", "--stats-json", tmp_path)  # fmt: skip
+    assert (code, err) == (
+        ExitCode.FATAL,
+        f"capbatch: error: --stats-json {tmp_path} is a directory; name the JSON file to write\n",
+    )
+
+
+def test_engine_ray_gets_the_options_and_an_absolute_model_path(
+    capsys, bundle, photos, tmp_path, monkeypatch  # noqa: F811
+):
+    """Ray actors may start in another working directory, so a relative --model is
+    resolved for them; the run itself is tests/test_ray_engine.py's (slow) business."""
+    calls = []
+
+    def fake_ray_run(options, args, quiet, *, address, actors):
+        calls.append((options.out, options.inputs, args.model, args.batch_size, quiet,
+                       address, actors))  # fmt: skip
+        return RunSummary(out=options.out, fmt="jsonl", ok=1)
+
+    monkeypatch.setattr(caption_run, "caption_on_ray", fake_ray_run)
+    monkeypatch.setattr(ray_options, "import_ray", lambda: None)
+    monkeypatch.chdir(bundle.parent)
+    code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "o.jsonl",
+                           "--model", bundle.name, "--engine", "ray", "--ray-address", "auto",
+                           "--actors", "3", "--batch-size", "5", "-q")  # fmt: skip
+    assert (code, err) == (ExitCode.OK, "")
+    assert calls == [
+        (tmp_path / "o.jsonl", (str(photos),), str(bundle.resolve()), 5, True, "auto", 3)
+    ]
+
+
+def test_the_local_engine_needs_no_ray(capsys, bundle, photos, tmp_path, monkeypatch):  # noqa: F811
+    def no_ray():
+        raise AssertionError("the local engine imported ray")
+
+    monkeypatch.setattr(ray_options, "import_ray", no_ray)
+    code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "o.csv",
+                           "--model", bundle, "-q")  # fmt: skip
+    assert (code, err) == (ExitCode.OK, "")
