@@ -91,11 +91,6 @@ def test_every_documented_stats_key_is_written():
     assert documented_stats_keys() <= set(stats_record(finished_summary(), 0, 0))
 
 
-@pytest.mark.xfail(
-    "repeated" not in documented_stats_keys(),  # main's runtime.md lists it (finish-trust)
-    reason="docs/runtime.md's --stats-json table omits `repeated`",
-    strict=True,
-)
 def test_every_written_stats_key_is_documented():
     assert set(stats_record(finished_summary(), 0, 0)) <= documented_stats_keys()
 
