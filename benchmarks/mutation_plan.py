@@ -1,7 +1,7 @@
 """The mutation job over all of capbatch/, as targeted runs, and its total.
 
     python benchmarks/mutation_plan.py list
-    python benchmarks/mutation_plan.py run decoding core --results docs/mutation
+    python benchmarks/mutation_plan.py run decoding core --work runs/mut/plan
     python benchmarks/mutation_plan.py run --all --results docs/mutation   (hours)
     python benchmarks/mutation_plan.py total --results docs/mutation
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -263,7 +264,7 @@ def planned() -> dict[str, str]:
     return owner
 
 
-def run_plan(names: list[str], results: Path, max_children: int) -> int:
+def run_plan(names: list[str], results: Path, max_children: int, work: Path | None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     for name in names:
         entry = RUNS[name]
@@ -273,6 +274,10 @@ def run_plan(names: list[str], results: Path, max_children: int) -> int:
         for test in entry.tests:
             command += ["--tests", test]
         command += ["--max-children", str(max_children), "--json", str(results / f"{name}.json")]
+        if work is not None:
+            # Kept for `mutmut show NAME` there; a fresh copy each time.
+            shutil.rmtree(work / name, ignore_errors=True)
+            command += ["--keep", str(work / name)]
         print(f"== {name}: {' '.join(command[1:])}", flush=True)
         code = subprocess.call(command, cwd=REPO)
         if code:
@@ -344,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     runner.add_argument("--all", action="store_true")
     runner.add_argument("--results", type=Path, default=REPO / "docs" / "mutation")
     runner.add_argument("--max-children", type=int, default=1)
+    runner.add_argument("--work", type=Path, help="keep each run's mutants in WORK/NAME")
     summing = sub.add_parser("total", help="the table and the score over capbatch/")
     summing.add_argument("--results", type=Path, default=REPO / "docs" / "mutation")
     args = parser.parse_args(argv)
@@ -356,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [name for name in args.names if name not in RUNS]
         if unknown or not (args.names or args.all):
             parser.error(f"name runs of the plan ({', '.join(RUNS)}) or pass --all")
-        return run_plan(list(RUNS) if args.all else args.names, args.results, args.max_children)
+        names = list(RUNS) if args.all else args.names
+        return run_plan(names, args.results, args.max_children, args.work)
     return print_total(args.results)
 
 
