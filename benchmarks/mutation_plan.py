@@ -214,7 +214,7 @@ RUNS: dict[str, Run] = {
     ),
     "export_cli": run(
         "capbatch/export_cli.py",
-        "tests/test_export_cli.py tests/test_export_domain.py",
+        "tests/test_export_cli.py tests/test_export_domain.py tests/test_export_cli_promises.py",
     ),
     "export_validate": run(
         "capbatch/export/validate.py",
