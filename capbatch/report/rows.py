@@ -159,7 +159,9 @@ def _csv_records(path: Path, stream: RowStream) -> Iterator[dict]:
     # Captions can be long; the csv module's default field limit (128 KiB) is not a
     # property of the data, so lift it rather than fail the whole report.
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+    # utf-8-sig: a CSV saved again by a spreadsheet starts with a byte order mark,
+    # which would otherwise become part of the first column's name.
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
         reader = csv.DictReader(handle)
         for record in reader:
             if None in record:  # more fields than the header: a torn or foreign line
@@ -170,7 +172,8 @@ def _csv_records(path: Path, stream: RowStream) -> Iterator[dict]:
 
 
 def _jsonl_records(path: Path, stream: RowStream) -> Iterator[dict]:
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    # utf-8-sig, as _sniff_format: a byte order mark would make the first row unreadable.
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
         for line in handle:
             if not line.strip():
                 continue
