@@ -310,3 +310,53 @@ def test_the_counted_total_capped_by_limit_reaches_the_progress_line(
     assert code in (ExitCode.OK, ExitCode.SOME_FAILED), err
     (line,) = [line for line in err.splitlines() if "captioning" in line]
     assert f" {total} " in line
+
+
+# -- handing the run to Ray ----------------------------------------------------------
+
+
+@pytest.fixture
+def fake_ray_driver(monkeypatch):
+    from capbatch.engines import ray_driver
+
+    calls = []
+
+    def run_on_ray(options, args, ray_options, *, stop, on_progress, on_start):
+        # What the driver sees while it runs: capbatch's signal handler, a live stop.
+        calls.append((options, args, ray_options, stop.is_set(), signal.getsignal(signal.SIGTERM)))
+        on_start()
+        on_progress(DONE)
+        return "the driver's summary"
+
+    monkeypatch.setattr(ray_driver, "run_on_ray", run_on_ray)
+    return calls
+
+
+def test_caption_on_ray_says_where_and_hands_the_driver_its_options(capsys, fake_ray_driver):
+    from capbatch.caption_run import caption_on_ray
+
+    before = signal.getsignal(signal.SIGTERM)
+    options, args = RunOptions(inputs=("photos",), out=Path("o.csv")), object()
+    assert caption_on_ray(options, args, False, address=None, actors=None) == "the driver's summary"
+    assert caption_on_ray(options, args, True, address="ray://head:10001", actors=3)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "engine ray on a local Ray instance, 1 captioning actor(s)"
+    assert re.match(r"^\S captioning ━+ 4/\? 2\.5 img/s 1 errors", lines[1])
+    assert len(lines) == 2  # quiet: neither line
+    (first, second) = fake_ray_driver
+    assert first[:2] == (options, args) and second[:2] == (options, args)
+    assert (first[2].address, first[2].actors) == (None, 1)
+    assert (second[2].address, second[2].actors) == ("ray://head:10001", 3)
+    assert not first[3] and first[4] is not before  # capbatch's handler during the run
+    assert signal.getsignal(signal.SIGTERM) is before  # and the previous one after
+
+
+def test_caption_on_ray_refuses_bad_ray_options_in_one_line(fake_ray_driver):
+    from capbatch.caption_run import caption_on_ray
+    from capbatch.errors import UsageError
+
+    options = RunOptions(inputs=("photos",), out=Path("o.csv"))
+    with pytest.raises(UsageError) as raised:
+        caption_on_ray(options, object(), True, address=None, actors=-2)
+    assert str(raised.value) == "actors must be an integer >= 1, got -2"
+    assert fake_ray_driver == []
