@@ -360,3 +360,49 @@ def test_caption_on_ray_refuses_bad_ray_options_in_one_line(fake_ray_driver):
         caption_on_ray(options, object(), True, address=None, actors=-2)
     assert str(raised.value) == "actors must be an integer >= 1, got -2"
     assert fake_ray_driver == []
+
+
+def test_the_model_line_names_every_provider(capsys, bundle, photos, tmp_path, monkeypatch):
+    # On a GPU machine a session has two: both are named, in onnxruntime's order.
+    from capbatch.captioner import Captioner
+
+    two = property(lambda self: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(Captioner, "providers", two)
+    out = tmp_path / "c.csv"
+    _, _, err = run_cli(capsys, "caption", photos, "--out", out, "--model", bundle)
+    assert err.splitlines()[0] == "model fake-0 on CUDAExecutionProvider, CPUExecutionProvider"
+    _, stdout, _ = run_cli(capsys, "caption", photos, "--out", tmp_path / "d.csv",
+                           "--model", bundle, "--dry-run")  # fmt: skip
+    assert stdout.splitlines()[-1] == (
+        "model fake-0 ok on CUDAExecutionProvider, CPUExecutionProvider"
+    )
+
+
+def test_dry_run_takes_the_format_from_format_over_the_extension(capsys, bundle, photos, tmp_path):
+    out = tmp_path / "rows.log"
+    code, stdout, err = run_cli(capsys, "caption", photos, "--out", out, "--format", "csv",
+                                "--model", bundle, "--dry-run")  # fmt: skip
+    assert code == ExitCode.OK, err
+    assert stdout.splitlines()[0].endswith(f"-> {out} (csv); nothing written")
+
+
+def test_dry_run_of_a_ray_shards_folder_counts_the_rows_its_shards_hold(
+    capsys, bundle, photos, tmp_path, monkeypatch
+):
+    """Without Ray: the folder is what an interrupted --engine ray run leaves."""
+    from capbatch.engines import ray_options
+
+    monkeypatch.setattr(ray_options, "import_ray", lambda: None)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    done = [str(photos / "a.png"), str(photos / "b.jpg")]
+    (shards / "shard-00000.jsonl").write_text(
+        "".join(json.dumps({"key": key, "status": "ok"}) + "\n" for key in done)
+    )
+    code, stdout, err = run_cli(capsys, "caption", photos, "--out", shards, "--format", "jsonl",
+                                "--model", bundle, "--engine", "ray", "--resume", "--dry-run")  # fmt: skip
+    assert code == ExitCode.OK, err
+    assert stdout.splitlines()[0] == (
+        f"dry run: 4 input(s) found, 2 already done, 2 to caption -> {shards} (jsonl); "
+        "nothing written"
+    )
