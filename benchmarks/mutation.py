@@ -18,7 +18,9 @@ already started threads; now and then a child deadlocks on a lock no thread will
 release (a futex wait at ~0 % CPU), and mutmut's timeout, which counts CPU time,
 never fires. A watchdog (Linux /proc) kills a child older than --hang-seconds that
 used under a fifth of that in CPU; mutmut then counts it as killed by a signal,
-and the report lists it as hung, to read apart from the mutants tests killed.
+and the report lists it as hung and leaves it out of the score (a deadlock says
+nothing about the mutant). Torch's OpenMP pool does the same after a fork (a wait
+at a barrier): mutmut runs with OMP_NUM_THREADS=1.
 """
 
 from __future__ import annotations
@@ -34,12 +36,20 @@ import sys
 import tempfile
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # Package data and what tests read from the repo: mutmut copies only the Python
 # files of source_paths (and tests/) into mutants/.
-ALSO_COPY = ["capbatch/models", "capbatch/report/templates", "samples", "docs", "README.md", "benchmarks"]
+ALSO_COPY = [
+    "capbatch/models",
+    "capbatch/report/templates",
+    "samples",
+    "docs",
+    "README.md",
+    "benchmarks",
+]
 # Tests that start capbatch in another process: mutmut 3's trampolines there read
 # their config from that process's working directory, find none, and the test fails
 # whatever the mutant, so they are left out (new ones: put "subprocess" in the name).
@@ -110,10 +120,12 @@ def results(work: Path) -> dict[str, str]:
     return found
 
 
-def summarise(statuses: dict[str, str]) -> dict[str, dict]:
+def summarise(statuses: dict[str, str], hung: Collection[str] = ()) -> dict[str, dict]:
     by_module: dict[str, Counter] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
     for name, status in sorted(statuses.items()):
+        if name in hung:
+            status = "hung"  # mutmut says "segfault": the watchdog's kill, not a test's
         match = MODULE_OF.match(name)
         module = match["module"] if match else name.split("__mutmut_")[0]
         by_module[module][status] += 1
@@ -121,8 +133,9 @@ def summarise(statuses: dict[str, str]) -> dict[str, dict]:
             survivors[module].append(f"{name}: {status}")
     report = {}
     for module, counts in sorted(by_module.items()):
-        tested = sum(counts.values()) - counts["skipped"]
-        # A mutant that crashes the test process or hangs it was noticed too.
+        # A hung run says nothing about the mutant: it is left out of the score.
+        tested = sum(counts.values()) - counts["skipped"] - counts["hung"]
+        # A mutant that crashes the test process was noticed too.
         caught = counts["killed"] + counts["timeout"] + counts["segfault"]
         report[module] = {
             "counts": dict(counts),
@@ -189,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
             copy_tree(work)
         configure(work, args.module, args.tests)
         command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)]
+        # One OpenMP thread: torch's pool, started before mutmut forks each mutant's
+        # run, leaves the forked child waiting at a barrier no thread will reach.
+        environment = {**os.environ, "OMP_NUM_THREADS": "1"}
         process = subprocess.Popen(
-            command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+            command, cwd=work, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
         finished = threading.Event()
         watchdog = threading.Thread(
             target=watch_for_hangs, args=(process, args.hang_seconds, hung, finished), daemon=True
@@ -203,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             # A test that fails on the unmutated code: mutmut tests nothing then.
             print(output[-3000:], file=sys.stderr)
             return 2
-        report = summarise(results(work))
+        report = summarise(results(work), set(hung))
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -294,7 +294,7 @@ def totals(results: Path) -> tuple[list[dict], dict]:
             if module not in owned:
                 continue  # another run's figure for it is the one that counts
             counts = entry["counts"]
-            tested = sum(counts.values()) - counts.get("skipped", 0)
+            tested = sum(counts.values()) - counts.get("skipped", 0) - counts.get("hung", 0)
             caught = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("segfault", 0)
             measured[module] = {"run": report.stem, "mutants": tested, "caught": caught}
     owner = planned()

@@ -7,6 +7,7 @@ step's comparison sees identical inputs and errors do not compound.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +63,7 @@ def validation_images(spec: PreprocessSpec, image_dir: Path | None = None) -> np
     """(N, S, S, 3) uint8: the images in image_dir (sorted), else generated scenes."""
     if image_dir is not None:
         # The runtime's list: a folder `capbatch caption` reads is a folder export reads.
-        paths = sorted(
-            p for p in Path(image_dir).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        paths = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not paths:
             raise ExportError(
                 f"no images (.jpg, .png, .webp and {len(IMAGE_EXTENSIONS) - 3} more "
@@ -112,6 +111,13 @@ def check_io_names(session, spec: GraphSpec) -> list[str]:
     return failures
 
 
+def _max_keeping_nan(current: float, new) -> float:
+    """max() that keeps a NaN once seen: Python's max(0.0, nan) is 0.0, which would
+    let an output of NaNs pass as a difference of zero."""
+    new = float(new)
+    return math.nan if math.isnan(current) or math.isnan(new) else max(current, new)
+
+
 class _DiffTracker:
     """Max abs diff and max tolerance-relevant peak per output, across all runs."""
 
@@ -131,12 +137,11 @@ class _DiffTracker:
                 continue
             if tensor.atol is None:
                 continue
-            self.diff[tensor.name] = max(
-                self.diff[tensor.name], float(np.max(np.abs(got - want), initial=0.0))
+            name = tensor.name
+            self.diff[name] = _max_keeping_nan(
+                self.diff[name], np.max(np.abs(got - want), initial=0.0)
             )
-            self.peak[tensor.name] = max(
-                self.peak[tensor.name], float(np.max(np.abs(want), initial=0.0))
-            )
+            self.peak[name] = _max_keeping_nan(self.peak[name], np.max(np.abs(want), initial=0.0))
 
     def tolerances(self) -> dict[str, float]:
         by_name = {t.name: t for t in self.spec.outputs}

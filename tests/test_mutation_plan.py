@@ -47,7 +47,7 @@ def test_every_module_with_code_is_in_one_run_or_excluded_with_a_reason():
 def test_the_total_counts_caught_over_tested_and_only_the_owning_runs_figures(tmp_path):
     (tmp_path / "decoding.json").write_text(json.dumps({
         "capbatch.decoding": {"counts": {"killed": 80, "timeout": 5, "segfault": 1,
-                                         "survived": 10, "no tests": 4, "skipped": 7}},
+                                         "survived": 10, "no tests": 4, "skipped": 7, "hung": 3}},
         # A module another run owns: its figure here does not count.
         "capbatch.job": {"counts": {"killed": 1}},
     }))  # fmt: skip
@@ -70,3 +70,16 @@ def test_the_run_command_refuses_names_not_in_the_plan(capsys):
     with pytest.raises(SystemExit):
         plan.main(["run", "no-such-run"])
     assert "name runs of the plan" in capsys.readouterr().err
+
+
+def test_a_hung_mutant_is_left_out_of_the_score_and_a_crash_counts_as_caught():
+    _spec = importlib.util.spec_from_file_location("mutation", REPO / "benchmarks" / "mutation.py")
+    mutation = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(mutation)
+    name = "capbatch.decoding.x_greedy__mutmut_"
+    statuses = {f"{name}1": "killed", f"{name}2": "segfault", f"{name}3": "survived",
+                f"{name}4": "segfault"}  # fmt: skip
+    report = mutation.summarise(statuses, {f"{name}2"})["capbatch.decoding"]
+    assert report["counts"] == {"killed": 1, "hung": 1, "survived": 1, "segfault": 1}
+    assert report["score"] == 66.7  # (killed + crash) / (4 - hung)
+    assert report["survivors"] == [f"{name}3: survived"]
