@@ -30,6 +30,7 @@ from capbatch.engines.ray_plan import (
     PLAN_VERSION,
     OutputLayout,
     Shard,
+    ShardRows,
     ShardWork,
     plan_record,
     plan_shards,
@@ -589,3 +590,18 @@ def test_a_new_name_without_extension_is_a_shards_folder_whatever_the_format(tmp
     assert OutputLayout.for_output(tmp_path / "new", "jsonl") == OutputLayout(
         tmp_path / "new", None, "jsonl", "jsonl"
     )
+
+
+def test_a_dry_run_reads_the_rows_of_every_shard_file_as_done(tmp_path):
+    layout = OutputLayout.for_output(tmp_path / "shards", "jsonl")
+    rows = ShardRows(layout)
+    assert (rows.fmt, rows.done()) == ("jsonl", {})  # nothing run yet: no folder
+    layout.shards_dir.mkdir()
+    (layout.shards_dir / "shard-00000.jsonl").write_text(
+        '{"key": "a", "status": "ok"}\n{"key": "b", "status": "error"}\n'
+    )
+    (layout.shards_dir / "shard-00001.jsonl").write_text('{"key": "c", "status": "ok"}\n')
+    (layout.shards_dir / "shard-00002.parquet").write_text("not this layout's format")
+    assert rows.done() == {"a": "ok", "b": "error", "c": "ok"}
+    merged = ShardRows(OutputLayout.for_output(tmp_path / "run.parquet", None))
+    assert merged.fmt == "parquet"
