@@ -323,7 +323,10 @@ def fake_ray_driver(monkeypatch):
 
     def run_on_ray(options, args, ray_options, *, stop, on_progress, on_start):
         # What the driver sees while it runs: capbatch's signal handler, a live stop.
-        calls.append((options, args, ray_options, stop.is_set(), signal.getsignal(signal.SIGTERM)))
+        handler = signal.getsignal(signal.SIGTERM)
+        was_set = stop.is_set()
+        handler(signal.SIGTERM, None)  # a first SIGTERM during the run: the stop flag
+        calls.append((options, args, ray_options, (was_set, stop.is_set()), handler))
         on_start()
         on_progress(DONE)
         return "the driver's summary"
@@ -347,7 +350,7 @@ def test_caption_on_ray_says_where_and_hands_the_driver_its_options(capsys, fake
     assert first[:2] == (options, args) and second[:2] == (options, args)
     assert (first[2].address, first[2].actors) == (None, 1)
     assert (second[2].address, second[2].actors) == ("ray://head:10001", 3)
-    assert not first[3] and first[4] is not before  # capbatch's handler during the run
+    assert first[3] == (False, True) and first[4] is not before  # capbatch's handler
     assert signal.getsignal(signal.SIGTERM) is before  # and the previous one after
 
 
@@ -406,3 +409,45 @@ def test_dry_run_of_a_ray_shards_folder_counts_the_rows_its_shards_hold(
         f"dry run: 4 input(s) found, 2 already done, 2 to caption -> {shards} (jsonl); "
         "nothing written"
     )
+
+
+def test_a_progress_line_before_any_batch_shows_zero_rate_and_errors(capsys):
+    with Progress(False) as shown:
+        shown.start()
+    assert re.match(r"^\S captioning ━+ 0/\? 0\.0 img/s 0 errors ", capsys.readouterr().err)
+
+
+def test_a_folder_without_write_and_search_permission_is_refused(
+    capsys, bundle, photos, tmp_path, monkeypatch
+):
+    # Root may write anywhere, so the permission check is observed where it asks.
+    import capbatch.caption_run as module
+
+    asked = []
+    real_access = os.access
+
+    def access(path, mode, **kwargs):
+        if Path(path) != tmp_path:
+            return real_access(path, mode, **kwargs)
+        asked.append(mode)
+        return mode != os.W_OK | os.X_OK  # this folder: readable, not writable
+
+    monkeypatch.setattr(module.os, "access", access)
+    code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "c.csv",
+                           "--model", bundle, "--stats-json", tmp_path / "s.json")  # fmt: skip
+    assert (code, err) == (
+        ExitCode.FATAL,
+        f"capbatch: error: --stats-json {tmp_path / 's.json'}: no permission to write in "
+        f"{tmp_path}\n",
+    )
+    assert asked == [os.W_OK | os.X_OK]
+
+
+def test_a_resumed_run_with_nothing_new_still_names_its_model(capsys, bundle, photos, tmp_path):
+    out, stats = tmp_path / "c.csv", tmp_path / "s.json"
+    args = ("caption", photos, "--out", out, "--model", bundle, "-q")
+    assert run_cli(capsys, *args)[0] == ExitCode.SOME_FAILED
+    code, _, _ = run_cli(capsys, *args, "--resume", "--stats-json", stats)
+    assert code == ExitCode.OK  # nothing was redone: the error row stays an old row
+    recorded = json.loads(stats.read_text())
+    assert (recorded["model_id"], recorded["skipped"], recorded["rows"]) == ("fake-0", 4, 0)
