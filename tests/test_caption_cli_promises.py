@@ -3,6 +3,8 @@ so that mutation testing sees it: Pillow's warnings are silenced and nothing els
 every engine-only option is refused by name on the wrong engine, and --engine ray
 gets what it needs (the local engine never imports Ray)."""
 
+# ruff: noqa: F811 (the fixture bundle is imported by name, then requested)
+
 from __future__ import annotations
 
 import io
@@ -20,7 +22,7 @@ from tests.test_cli_caption import bundle, read_csv, run_cli  # noqa: F401 (fixt
 CORRUPT_EXIF = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00\x12\x01\x03\x00\x01\x00"
 
 
-def test_pillow_warnings_are_silenced_and_no_others(capsys, bundle, tmp_path):  # noqa: F811
+def test_pillow_warnings_are_silenced_and_no_others(capsys, bundle, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     buffer = io.BytesIO()
@@ -47,11 +49,13 @@ def test_pillow_warnings_are_silenced_and_no_others(capsys, bundle, tmp_path):  
     [
         (["--ray-address", "auto"], "--ray-address needs --engine ray"),
         (["--actors", "2"], "--actors needs --engine ray"),
-        (["--threads", "2", "--engine", "ray"],
-         "--threads applies to the local engine only (Ray actors use one CPU each)"),
+        (
+            ["--threads", "2", "--engine", "ray"],
+            "--threads applies to the local engine only (Ray actors use one CPU each)",
+        ),
     ],  # fmt: skip
 )
-def test_engine_only_options_are_refused_by_name(capsys, bundle, tmp_path, args, message):  # noqa: F811
+def test_engine_only_options_are_refused_by_name(capsys, bundle, tmp_path, args, message):
     photos = tmp_path / "photos"
     photos.mkdir()
     code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "o.csv",
@@ -67,7 +71,7 @@ def photos(tmp_path):
     return folder
 
 
-def test_stats_json_naming_a_folder_is_refused_before_the_model(capsys, bundle, photos, tmp_path):  # noqa: F811
+def test_stats_json_naming_a_folder_is_refused_before_the_model(capsys, bundle, photos, tmp_path):
     code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "o.csv",
                            "--model", "/nonexistent/bundle", "--stats-json", tmp_path)  # fmt: skip
     assert (code, err) == (
@@ -77,7 +81,11 @@ def test_stats_json_naming_a_folder_is_refused_before_the_model(capsys, bundle, 
 
 
 def test_engine_ray_gets_the_options_and_an_absolute_model_path(
-    capsys, bundle, photos, tmp_path, monkeypatch  # noqa: F811
+    capsys,
+    bundle,
+    photos,
+    tmp_path,
+    monkeypatch,
 ):
     """Ray actors may start in another working directory, so a relative --model is
     resolved for them; the run itself is tests/test_ray_engine.py's (slow) business."""
@@ -98,9 +106,15 @@ def test_engine_ray_gets_the_options_and_an_absolute_model_path(
     assert calls == [
         (tmp_path / "o.jsonl", (str(photos),), str(bundle.resolve()), 5, True, "auto", 3)
     ]
+    # Without --model the actors load the built-in model themselves: nothing to resolve.
+    monkeypatch.setattr(caption_run, "model_notice", lambda model: None)
+    code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "p.jsonl",
+                           "--engine", "ray", "-q")  # fmt: skip
+    assert (code, err) == (ExitCode.OK, "")
+    assert calls[-1][2] is None
 
 
-def test_the_local_engine_needs_no_ray(capsys, bundle, photos, tmp_path, monkeypatch):  # noqa: F811
+def test_the_local_engine_needs_no_ray(capsys, bundle, photos, tmp_path, monkeypatch):
     def no_ray():
         raise AssertionError("the local engine imported ray")
 
@@ -108,3 +122,12 @@ def test_the_local_engine_needs_no_ray(capsys, bundle, photos, tmp_path, monkeyp
     code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "o.csv",
                            "--model", bundle, "-q")  # fmt: skip
     assert (code, err) == (ExitCode.OK, "")
+
+
+def test_report_naming_a_folder_is_refused_before_the_model(capsys, photos, tmp_path):
+    code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "o.csv",
+                           "--model", "/nonexistent/bundle", "--report", tmp_path)  # fmt: skip
+    assert (code, err) == (
+        ExitCode.FATAL,
+        f"capbatch: error: --report {tmp_path} is a directory; name the HTML file to write\n",
+    )
