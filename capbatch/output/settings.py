@@ -25,12 +25,12 @@ class OutputSettings:
     sidecar_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        extension = self.caption_extension
-        if not extension.startswith("."):
-            extension = "." + extension
-        object.__setattr__(self, "caption_extension", extension)
+        given = self.caption_extension
+        extension = given if given.startswith(".") else "." + given
         if extension == "." or "/" in extension or "\0" in extension or extension == "..":
-            raise ValueError(f"--caption-extension {self.caption_extension!r} is not a file ending")
+            # As typed: '' is what the user gave, not the '.' it would have become.
+            raise ValueError(f"--caption-extension {given!r} is not a file ending")
+        object.__setattr__(self, "caption_extension", extension)
         for name in ("sidecar_prefix", "sidecar_suffix"):
             if "\0" in getattr(self, name):
                 raise ValueError(f"--{name.replace('_', '-')} must not contain NUL")
