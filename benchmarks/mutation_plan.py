@@ -71,7 +71,7 @@ RUNS: dict[str, Run] = {
         "tests/test_trust_signals.py tests/test_writers.py tests/test_cli_caption.py "
         "tests/test_decoding.py tests/test_promises_cli.py tests/test_promises_stats.py "
         "tests/test_promises_job.py tests/test_output_open.py tests/test_output_lines.py "
-        "tests/test_ray_plan_promises.py",
+        "tests/test_ray_plan_promises.py tests/test_settings_errors_promises.py",
     ),
     "sources": run(
         "capbatch/sources.py",
