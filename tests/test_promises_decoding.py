@@ -67,3 +67,29 @@ def test_best_k_of_a_long_row_equals_a_stable_sort():
     totals = rng.integers(0, 4, (20, 12)).astype(np.float32)  # many ties
     expected = np.argsort(-totals, axis=1, kind="stable")[:, :3]
     assert _top_candidates(totals, 3).tolist() == expected.tolist()
+
+
+def test_greedy_margins_are_each_captions_closest_call_as_rows_finish():
+    """Hypothesis.margin (capbatch/close_calls.py reads it): the smallest gap between
+    the chosen token's log-prob and the runner-up's over a caption's steps, kept per
+    image while finished rows leave the batch."""
+    from tests.test_decoding import END, TableModel
+
+    fake = TableModel([
+        [{END: -0.1, 4: -2.1}],  # ends at once: one gap, 2.0
+        [{3: -0.5, 4: -1.5}, {5: -0.2, 3: -0.45}, {END: -0.1}],  # 1.0, 0.25, 19.9
+        [{5: -0.3, 4: -0.35}, {END: -0.1, 3: -3.1}],  # 0.05, 3.0
+    ])  # fmt: skip
+    tracked = greedy_decode(fake.model(), DecodingOptions(max_len=6, track_margins=True))
+    assert [h.tokens for h in tracked] == [(), (3, 5), (5,)]
+    assert [h.margin for h in tracked] == pytest.approx([2.0, 0.25, 0.05], abs=1e-5)
+    assert all(type(h.margin) is float for h in tracked)
+    untracked = greedy_decode(fake.model(), DecodingOptions(max_len=6))
+    assert [h.margin for h in untracked] == [None, None, None]
+
+
+def test_margins_are_for_greedy_decoding_only():
+    with pytest.raises(ValueError) as caught:
+        DecodingOptions(beam_size=2, track_margins=True)
+    assert str(caught.value) == "track_margins is for greedy decoding (beam_size 1)"
+    assert DecodingOptions(beam_size=1, track_margins=True).track_margins
