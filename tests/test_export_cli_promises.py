@@ -7,6 +7,7 @@ The export itself is tests/test_export_cli.py's (slow, needs torch)."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -189,3 +190,26 @@ def manifest_threshold(bundle: Path) -> float:
     from capbatch.domain import DomainCheck
 
     return DomainCheck.from_bundle(bundle).describe()["threshold"]
+
+
+def test_without_the_export_extra_one_line_names_what_to_install(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    code, out, err = run_cli(capsys, "export", "--ckpt", tmp_path / "b.pt", "--out", tmp_path / "m")
+    assert (code, out) == (ExitCode.FATAL, "")
+    assert err == f"capbatch: error: {export_cli.EXTRA_HINT} (missing: torch)\n"
+
+
+def test_a_manifest_without_a_variant_is_the_fp32_bundle(edited):
+    bundle = edited()
+    manifest = read_manifest_json(bundle)
+    del manifest["variant"]
+    write_manifest(bundle, manifest)
+    assert export_cli.summary_lines(bundle)[0] == first_line(bundle, "fp32")
+
+
+def test_a_difference_equal_to_its_tolerance_is_ok(edited):
+    bundle = edited(validation={
+        "batches": [1], "max_abs_diff": {"h0": 1e-04}, "tolerance": {"h0": 1e-04},
+        "caption_agreement": 1.0, "images": 2,
+    })  # fmt: skip
+    assert export_cli.summary_lines(bundle)[2] == "    h0         1.00e-04 <= 1.00e-04 ok"
