@@ -15,6 +15,7 @@ from PIL import Image
 
 import capbatch.bundle as bundle_module
 from capbatch.captioner import Captioner, CaptionerArgs, repeats_back_to_back
+from capbatch.errors import UsageError
 from capbatch.job import infer
 from capbatch.manifest import read_manifest
 
@@ -138,3 +139,75 @@ def test_a_caption_that_loops_is_flagged_repeated(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     result = looping(pixels)
     assert repeats_back_to_back(result.words) and result.repeated is True
+
+
+# -- the Python API's arguments (docs/runtime.md, "From Python") -----------------------
+
+
+@pytest.fixture(scope="module")
+def fake_bundle(tmp_path_factory):
+    from tests.runtime_fakes import make_fake_bundle
+
+    return make_fake_bundle(tmp_path_factory.mktemp("api") / "bundle")
+
+
+def test_the_api_defaults_are_the_documented_ones(fake_bundle):
+    made = Captioner(fake_bundle)
+    assert made.args == CaptionerArgs(model=fake_bundle)
+    assert (made.args.device, made.batch_size, made.args.beam_size) == ("auto", 32, 1)
+    assert (made.options.return_alphas, made.options.track_margins) == (False, False)
+    assert made.options.max_len == 8  # the model's (the fake bundle's manifest)
+
+
+def test_every_argument_reaches_the_loaded_captioner(fake_bundle, monkeypatch):
+    seen = {}
+    real_load = bundle_module.load_bundle
+
+    def load_bundle(*args, **kwargs):
+        seen.update(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr("capbatch.captioner.load_bundle", load_bundle)
+    warnings = []
+    made = Captioner(fake_bundle, device="cpu", beam_size=2, max_len=5, batch_size=3,
+                     return_attention=True, warn=warnings.append, intra_op_threads=1)  # fmt: skip
+    assert (made.args.beam_size, made.options.beam_size, made.options.max_len) == (2, 2, 5)
+    assert (made.batch_size, made.options.return_alphas) == (3, True)
+    assert seen["intra_op_threads"] == 1 and seen["warn"] == warnings.append
+    assert (seen["encoder_runtime"], seen["precision"]) == ("onnxruntime", "f32")
+
+
+def test_a_loader_warning_reaches_the_warn_given(fake_bundle, monkeypatch):
+    monkeypatch.setattr(bundle_module, "fallback_warning", lambda requested, active: "slow path")
+    warnings = []
+    Captioner(fake_bundle, device="cpu", warn=warnings.append)
+    assert warnings == ["slow path"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("batch_size", 0), ("beam_size", True), ("max_len", 0), ("intra_op_threads", 2.0),
+     ("batch_size", None)],
+)  # fmt: skip
+def test_args_refuse_what_is_no_positive_integer_in_these_words(field, value):
+    with pytest.raises(UsageError) as raised:
+        CaptionerArgs(**{field: value})
+    assert str(raised.value) == f"{field} must be an integer >= 1, got {value!r}"
+
+
+def test_optional_args_may_be_none_and_later_ones_are_still_checked():
+    assert CaptionerArgs(max_len=None, intra_op_threads=None).max_len is None
+    with pytest.raises(UsageError, match="^intra_op_threads must be"):
+        CaptionerArgs(max_len=None, intra_op_threads=0)  # not skipped after a None
+
+
+def test_a_bundle_with_a_fallback_margin_tracks_margins(fake_bundle, monkeypatch):
+    real_load = bundle_module.load_bundle
+
+    def with_margin(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        loaded.fallback_margin = 0.5
+        return loaded
+
+    monkeypatch.setattr("capbatch.captioner.load_bundle", with_margin)
+    assert Captioner(fake_bundle, device="cpu").options.track_margins is True
