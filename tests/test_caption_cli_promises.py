@@ -131,3 +131,10 @@ def test_report_naming_a_folder_is_refused_before_the_model(capsys, photos, tmp_
         ExitCode.FATAL,
         f"capbatch: error: --report {tmp_path} is a directory; name the HTML file to write\n",
     )
+
+
+def test_report_with_rows_on_stdout_is_refused_in_these_words(capsys, photos, tmp_path):
+    code, out, err = run_cli(capsys, "caption", photos, "--out", "-", "--format", "csv",
+                             "--model", "/nonexistent/bundle", "--report", tmp_path / "r.html")  # fmt: skip
+    assert (code, out) == (ExitCode.FATAL, "")
+    assert err == "capbatch: error: --report needs the rows in a file: not with --out -\n"
