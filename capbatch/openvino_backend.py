@@ -13,6 +13,7 @@ and recorded for this very graph (capbatch/encoder_runtime.py).
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,14 @@ def openvino_version() -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def shared_core():
+    """One OpenVINO Core per process, as OpenVINO advises: every encoder compiles on it.
+    (A second Core in the process made a later SIGTERM crash the interpreter in the
+    test suite.)"""
+    return import_openvino().Core()
+
+
 @dataclass(frozen=True)
 class PortInfo:
     """The fields of onnxruntime's NodeArg that Bundle's checks use."""
@@ -77,7 +86,7 @@ class OpenVinoEncoder:
         if precision not in OPENVINO_HINTS:
             raise ValueError(f"openvino precision must be one of {sorted(OPENVINO_HINTS)}")
         ov = import_openvino()
-        core = ov.Core()
+        core = shared_core()
         config = {
             "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision],
             # One stream, latency mode: Bundle.encode calls the model one chunk at a

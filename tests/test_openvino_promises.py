@@ -72,7 +72,7 @@ def test_one_latency_stream_and_the_threads_asked_for(graphs):
     assert (encoder.precision, encoder.effective_precision) == ("f32", "f32")
     import openvino
 
-    core = openvino.Core()
+    core = openvino_backend.shared_core()  # one Core per process (a second one crashed)
     assert encoder.device_name == str(core.get_property("CPU", "FULL_DEVICE_NAME"))
     assert encoder.version == openvino.get_version()
 
@@ -116,9 +116,8 @@ def test_openvino_errors_become_their_first_line_or_their_type(monkeypatch, rais
         def read_model(self, model_bytes):
             raise raised
 
-    fake = type(sys)("openvino")
-    fake.Core = FailingCore
-    monkeypatch.setattr(openvino_backend, "import_openvino", lambda: fake)
+    monkeypatch.setattr(openvino_backend, "import_openvino", lambda: type(sys)("openvino"))
+    monkeypatch.setattr(openvino_backend, "shared_core", FailingCore)
     with pytest.raises(BundleError) as error:
         openvino_backend.OpenVinoEncoder(b"graph", "bf16")
     assert str(error.value) == f"openvino cannot load the encoder: {line}"
