@@ -13,7 +13,7 @@ and recorded for this very graph (capbatch/encoder_runtime.py).
 
 from __future__ import annotations
 
-import functools
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -51,12 +51,20 @@ def openvino_version() -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=1)
+_CORES: dict[int, Any] = {}
+_CORES_LOCK = threading.Lock()
+
+
 def shared_core():
     """One OpenVINO Core per process, as OpenVINO advises: every encoder compiles on it.
     (A second Core in the process made a later SIGTERM crash the interpreter in the
-    test suite.)"""
-    return import_openvino().Core()
+    test suite.) Keyed by process id: a process forked after the Core was made gets
+    its own, since the parent's OpenVINO threads do not survive a fork."""
+    with _CORES_LOCK:
+        pid = os.getpid()
+        if pid not in _CORES:
+            _CORES[pid] = import_openvino().Core()
+        return _CORES[pid]
 
 
 @dataclass(frozen=True)

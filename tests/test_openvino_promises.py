@@ -73,6 +73,7 @@ def test_one_latency_stream_and_the_threads_asked_for(graphs):
     import openvino
 
     core = openvino_backend.shared_core()  # one Core per process (a second one crashed)
+    assert openvino_backend.shared_core() is core
     assert encoder.device_name == str(core.get_property("CPU", "FULL_DEVICE_NAME"))
     assert encoder.version == openvino.get_version()
 
