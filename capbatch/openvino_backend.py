@@ -13,7 +13,6 @@ and recorded for this very graph (capbatch/encoder_runtime.py).
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -51,22 +50,6 @@ def openvino_version() -> str | None:
         return None
 
 
-_CORES: dict[int, Any] = {}
-_CORES_LOCK = threading.Lock()
-
-
-def shared_core():
-    """One OpenVINO Core per process, as OpenVINO advises: every encoder compiles on it.
-    (A second Core in the process made a later SIGTERM crash the interpreter in the
-    test suite.) Keyed by process id: a process forked after the Core was made gets
-    its own, since the parent's OpenVINO threads do not survive a fork."""
-    with _CORES_LOCK:
-        pid = os.getpid()
-        if pid not in _CORES:
-            _CORES[pid] = import_openvino().Core()
-        return _CORES[pid]
-
-
 @dataclass(frozen=True)
 class PortInfo:
     """The fields of onnxruntime's NodeArg that Bundle's checks use."""
@@ -94,7 +77,7 @@ class OpenVinoEncoder:
         if precision not in OPENVINO_HINTS:
             raise ValueError(f"openvino precision must be one of {sorted(OPENVINO_HINTS)}")
         ov = import_openvino()
-        core = shared_core()
+        core = ov.Core()
         config = {
             "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision],
             # One stream, latency mode: Bundle.encode calls the model one chunk at a

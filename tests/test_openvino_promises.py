@@ -6,6 +6,7 @@ missing-extra case runs everywhere; the rest needs the capbatch[openvino] extra.
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import numpy as np
@@ -57,6 +58,10 @@ def test_ports_read_as_onnxruntime_names_them(graphs):
     ]
     encoder.get_outputs().clear()  # a copy: the session's ports stay
     assert len(encoder.get_outputs()) == 4
+    # One at a time: two OpenVINO Cores alive in one process made a later SIGTERM
+    # test crash the interpreter (capbatch itself holds one encoder).
+    del encoder
+    gc.collect()
     step = openvino_backend.OpenVinoEncoder(graphs["decoder_step"], "f32")
     assert step.get_inputs()[0] == PortInfo("tokens", "tensor(int64)", [None])
 
@@ -72,9 +77,9 @@ def test_one_latency_stream_and_the_threads_asked_for(graphs):
     assert (encoder.precision, encoder.effective_precision) == ("f32", "f32")
     import openvino
 
-    core = openvino_backend.shared_core()  # one Core per process (a second one crashed)
-    assert openvino_backend.shared_core() is core
-    assert encoder.device_name == str(core.get_property("CPU", "FULL_DEVICE_NAME"))
+    # What OpenVINO calls this CPU (read from the encoder's own Core: a second Core
+    # alive in this process made a later SIGTERM test crash the interpreter).
+    assert isinstance(encoder.device_name, str) and encoder.device_name.strip()
     assert encoder.version == openvino.get_version()
 
 
@@ -117,8 +122,9 @@ def test_openvino_errors_become_their_first_line_or_their_type(monkeypatch, rais
         def read_model(self, model_bytes):
             raise raised
 
-    monkeypatch.setattr(openvino_backend, "import_openvino", lambda: type(sys)("openvino"))
-    monkeypatch.setattr(openvino_backend, "shared_core", FailingCore)
+    fake = type(sys)("openvino")
+    fake.Core = FailingCore
+    monkeypatch.setattr(openvino_backend, "import_openvino", lambda: fake)
     with pytest.raises(BundleError) as error:
         openvino_backend.OpenVinoEncoder(b"graph", "bf16")
     assert str(error.value) == f"openvino cannot load the encoder: {line}"
