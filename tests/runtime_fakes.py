@@ -201,6 +201,19 @@ def write_manifest(directory: Path, manifest: dict) -> None:
     (Path(directory) / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
 
+def edit_manifest(directory: Path, **changes) -> Path:
+    """Set top-level manifest fields (None removes one); manifest.json is not hashed,
+    so the bundle still verifies. Returns the directory."""
+    manifest = read_manifest_json(directory)
+    for key, value in changes.items():
+        if value is None:
+            manifest.pop(key, None)
+        else:
+            manifest[key] = value
+    write_manifest(directory, manifest)
+    return Path(directory)
+
+
 def rehash(directory: Path, name: str) -> None:
     """Update one file's sha256 in the manifest (to get past verification on purpose)."""
     manifest = read_manifest_json(directory)

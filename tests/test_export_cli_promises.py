@@ -18,7 +18,7 @@ from capbatch.export.specs import DEFAULT_OPSET
 from capbatch import export_cli
 from capbatch.bundle import DEFAULT_BUNDLE_DIR
 from capbatch.errors import ExitCode
-from tests.runtime_fakes import make_fake_bundle, read_manifest_json, write_manifest
+from tests.runtime_fakes import edit_manifest, make_fake_bundle, read_manifest_json
 from tests.test_cli_caption import run_cli
 
 
@@ -108,14 +108,7 @@ def test_without_a_domain_note_nothing_follows_the_summary(capsys, monkeypatch, 
 def edited(tmp_path):
     """A fake bundle whose (unhashed) manifest.json each test sets fields of."""
     bundle = make_fake_bundle(tmp_path / "bundle")
-
-    def edit(**fields):
-        manifest = read_manifest_json(bundle)
-        manifest.update(fields)
-        write_manifest(bundle, manifest)
-        return bundle
-
-    return edit
+    return lambda **fields: edit_manifest(bundle, **fields)
 
 
 def first_line(bundle: Path, variant: str) -> str:
@@ -200,10 +193,8 @@ def test_without_the_export_extra_one_line_names_what_to_install(capsys, monkeyp
 
 
 def test_a_manifest_without_a_variant_is_the_fp32_bundle(edited):
-    bundle = edited()
-    manifest = read_manifest_json(bundle)
-    del manifest["variant"]
-    write_manifest(bundle, manifest)
+    bundle = edited(variant=None)
+    assert "variant" not in read_manifest_json(bundle)
     assert export_cli.summary_lines(bundle)[0] == first_line(bundle, "fp32")
 
 

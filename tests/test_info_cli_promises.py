@@ -18,7 +18,7 @@ from capbatch import __version__
 from capbatch import bundle as bundle_module
 from capbatch.domain import DomainCheck
 from capbatch.errors import ExitCode
-from tests.runtime_fakes import TOKENS, make_fake_bundle, read_manifest_json, write_manifest
+from tests.runtime_fakes import TOKENS, edit_manifest, make_fake_bundle
 from tests.test_cli_caption import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,17 +41,7 @@ def edited(bundle, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
 
-    def edit(**changes):
-        manifest = read_manifest_json(copy)
-        for key, value in changes.items():
-            if value is None:
-                manifest.pop(key, None)
-            else:
-                manifest[key] = value
-        write_manifest(copy, manifest)
-        return copy
-
-    return edit
+    return lambda **changes: edit_manifest(copy, **changes)
 
 
 def info_lines(capsys, *args) -> list[str]:
