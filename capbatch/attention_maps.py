@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .errors import OutputError
+from .output.durable import make_folder, write_file
+
 PANELS_PER_ROW = 5
 LABEL_HEIGHT = 14
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -65,8 +68,12 @@ def render_attention(pixels: np.ndarray, words: Sequence[str], alphas: np.ndarra
 def save_attention_map(
     directory: Path, key: str, pixels: np.ndarray, words: Sequence[str], alphas: np.ndarray
 ) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write the key's map into `directory` whole (a link at its name is replaced, never
+    followed; a link in place of the folder is refused)."""
+    directory = make_folder(directory, "--attention-dir")
+    sheet = render_attention(pixels, words, alphas)
     target = directory / attention_file_name(key)
-    render_attention(pixels, words, alphas).save(target)
-    return target
+    try:
+        return write_file(target, lambda handle: sheet.save(handle, format="PNG"))
+    except OSError as exc:
+        raise OutputError(f"cannot write the attention map {target}: {exc.strerror or exc}") from None

@@ -228,9 +228,7 @@ def caption(
     given = [flag for flag, value in cli_flags.items() if value is not None]
     check_engine_options(engine.value, options.engine_flags() + given)
     # Everything about options, output and inputs, before the model loads.
-    preflight(options, engine)
-    caption_run.check_report_target(report, options)
-    caption_run.check_file_target("--stats-json", stats_json, options, "the JSON file")
+    preflight(options, engine, stats_json=stats_json, report=report, dry_run=dry_run)
     if engine is Engine.ray:
         from .engines.ray_options import import_ray
 

@@ -4,7 +4,6 @@ summary lines, exit code). The Typer declaration lives in caption_cli.py."""
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -116,32 +115,6 @@ def summary_lines(summary) -> list[str]:
         lines.append("failed, by reason:")
         lines.extend(reason_lines(summary.reasons))
     return lines
-
-
-def check_report_target(report: Path | None, options) -> None:
-    if report is None:
-        return
-    if str(options.out) == "-":
-        raise UsageError("--report needs the rows in a file: not with --out -")
-    check_file_target("--report", report, options, "the HTML file")
-
-
-def check_file_target(flag: str, path: Path | None, options, what: str) -> None:
-    """Refuse, before the model loads, a file written only at the end of the run
-    (--report, --stats-json) that could not be written then."""
-    if path is None:
-        return
-    if str(options.out) != "-" and path.resolve() == options.out.resolve():
-        raise UsageError(f"{flag} {path} would overwrite the output itself")
-    if path.is_dir():
-        raise UsageError(f"{flag} {path} is a directory; name {what} to write")
-    folder = path.absolute().parent
-    while not folder.exists() and folder != folder.parent:  # created at the end
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(f"{flag} {path}: {folder} is not a directory")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: no permission to write in {folder}")
 
 
 def finish(summary, quiet: bool, stats_json: Path | None, report: Path | None, options) -> None:

@@ -228,9 +228,9 @@ class DomainCheck:
         return buffer.getvalue()
 
     def save(self, path: Path | str) -> Path:
-        path = Path(path)
-        path.write_bytes(self.to_bytes())
-        return path
+        from .output.durable import write_file
+
+        return write_file(Path(path), self.to_bytes())
 
     @classmethod
     def load(cls, path: Path | str) -> DomainCheck:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
@@ -24,6 +25,15 @@ from .job import (
 )
 from .output import Output, StreamOutput, is_stdout, open_output
 from .sources import expand_braces, iter_sources
+from .write_targets import (
+    RunInputs,
+    check_distinct,
+    check_file_target,
+    check_folder_target,
+    check_folder_writable,
+    is_report_file,
+    is_stats_file,
+)
 
 if TYPE_CHECKING:
     from .engines.ray_plan import ShardRows
@@ -32,11 +42,59 @@ if TYPE_CHECKING:
 _BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
 
 
-def preflight(options: RunOptions, engine: Engine) -> None:
+def preflight(
+    options: RunOptions,
+    engine: Engine,
+    *,
+    stats_json: Path | None = None,
+    report: Path | None = None,
+    dry_run: bool = False,
+) -> None:
     """UsageError (or MissingDependencyError / OutputError) for the first problem."""
     check_output(options, engine)
     check_inputs_exist(options)
+    check_targets(options, engine, stats_json=stats_json, report=report, probe=not dry_run)
     check_not_empty(options)
+
+
+def check_targets(
+    options: RunOptions,
+    engine: Engine,
+    *,
+    stats_json: Path | None = None,
+    report: Path | None = None,
+    probe: bool = True,
+) -> None:
+    """Every path the run will write (capbatch.write_targets): the output's folder,
+    --stats-json, --report, --attention-dir and --sidecar-dir, each other's and the
+    inputs'. `probe` creates and removes a file in each folder (not for --dry-run)."""
+    if report is not None and is_stdout(options.out):
+        raise UsageError("--report needs the rows in a file: not with --out -")
+    inputs = RunInputs.of([*options.inputs, options.from_list])
+    out = None if is_stdout(options.out) else Path(options.out)
+    sidecar_dir = options.output_settings.sidecar_dir
+    check_distinct(
+        {"--out": out, "--stats-json": stats_json, "--report": report,
+         "--attention-dir": options.attention_dir, "--sidecar-dir": sidecar_dir}
+    )  # fmt: skip
+    if out is not None:
+        if inputs.holds(out) and os.path.lexists(out):
+            raise UsageError(f"--out {out} is an input of this run; name another file")
+        check_folder_writable("--out", out.absolute().parent, f"--out {out}", probe=probe)
+    side_files = (
+        ("--stats-json", stats_json, is_stats_file, "the JSON file"),
+        ("--report", report, is_report_file, "the HTML file"),
+    )
+    for flag, path, ours, what in side_files:
+        if path is not None:
+            check_file_target(
+                flag, path, inputs=inputs, overwrite=options.overwrite, ours=ours, what=what,
+                probe=probe,
+            )  # fmt: skip
+    if options.attention_dir is not None:
+        check_folder_target("--attention-dir", options.attention_dir, inputs=inputs, probe=probe)
+    if sidecar_dir is not None:
+        check_folder_target("--sidecar-dir", sidecar_dir, probe=probe)
 
 
 def check_output(options: RunOptions, engine: Engine) -> Output | StreamOutput | None:

@@ -54,16 +54,29 @@ def report(
         int | None,
         typer.Option("--workers", min=1, help="Thumbnail threads (default: one per core)."),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace an existing --out file that is not a capbatch report "
+            "(an earlier report is replaced without it).",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
 ) -> None:
     """Write a self-contained HTML gallery of a caption run: thumbnails, captions,
     scores, errors and flags, with filters, sorting and attention maps."""
     from .report import write_report
+    from .write_targets import RunInputs, check_file_target, is_report_file
 
     if attention_dir is not None and not attention_dir.is_dir():
         raise UsageError(f"--attention-dir {attention_dir} is not a folder")
     if out.resolve() == run_output.resolve():
         raise UsageError("--out would overwrite the run output it reports on")
+    inputs = RunInputs.of([run_output, attention_dir])
+    check_file_target(
+        "--out", out, inputs=inputs, overwrite=overwrite, ours=is_report_file, what="the HTML file"
+    )
     result = write_report(
         run_output,
         out,

@@ -9,7 +9,6 @@ them; a field no row carries is written as null ("not known"), never 0.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from collections import Counter
@@ -17,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import OutputError
+from .output.durable import write_file
 
 # Boolean row fields the summary and the stats count, when rows carry them.
 FLAG_FIELDS = ("in_domain", "truncated", "repeated")
@@ -67,17 +67,12 @@ def stats_record(summary, exit_code: int, ended_at: float) -> dict:
 
 
 def write_stats(path: Path, record: dict) -> None:
-    """Write the stats JSON whole (a temporary file renamed over `path`), so a
-    monitor never reads half a document."""
-    path = Path(path)
+    """Write the stats JSON whole (capbatch.output.durable.write_file), so a monitor
+    never reads half a document and a link at `path` is replaced, never followed.
+    Whether `path` may be replaced at all was checked before the run
+    (capbatch.write_targets)."""
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
-    temporary = path.with_name(f".{path.name}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(text, encoding="utf-8")
-        temporary.replace(path)
+        write_file(Path(path), text)
     except OSError as exc:
-        # Under a parent that is a file, unlink fails too (ENOTDIR, not ENOENT).
-        with contextlib.suppress(OSError):
-            temporary.unlink()
         raise OutputError(f"cannot write --stats-json {path}: {exc.strerror or exc}") from None

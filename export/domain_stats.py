@@ -16,7 +16,6 @@ and named by its `domain` entry; the rest of the manifest is kept as it is.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import time
@@ -41,6 +40,7 @@ from capbatch.domain import (
 from capbatch.errors import CapbatchError, InputDecodeError, UsageError
 from capbatch.image_decode import decode_image
 from capbatch.manifest import sha256_file, verify_bundle
+from capbatch.output.durable import write_file
 
 from .manifest import write_manifest
 
@@ -130,9 +130,7 @@ def write_domain_check(bundle_dir: Path | str, check: DomainCheck) -> dict:
     """
     bundle_dir = Path(bundle_dir)
     manifest = verify_bundle(bundle_dir)
-    staged = bundle_dir / f".{STATS_FILE}.tmp"
-    staged.write_bytes(check.to_bytes())
-    os.replace(staged, bundle_dir / STATS_FILE)
+    write_file(bundle_dir / STATS_FILE, check.to_bytes())
     files = dict(manifest["files"])
     files[STATS_FILE] = sha256_file(bundle_dir / STATS_FILE)
     manifest["files"] = dict(sorted(files.items()))

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from capbatch.manifest import MANIFEST_FILE, read_manifest, sha256_file
+from capbatch.output.durable import write_file
 
 # Never quantised: sensitive branches whose error reaches every caption (module docstring).
 SENSITIVE_PREFIXES = (
@@ -145,7 +146,7 @@ def write_variant_bundle(fp32_dir: Path, out_dir: Path, encoder: Path, record: d
     manifest["variant"] = record["variant"]
     manifest["model_id"] = f"{manifest['model_id']}-{record['variant']}"
     manifest["validation"] = record
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_file(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     return out_dir
 
 

@@ -22,6 +22,7 @@ from capbatch.manifest import (
     SPECIAL_TOKENS,
     sha256_file,
 )
+from capbatch.output.durable import write_file
 from capbatch.vocab import VOCAB_STYLES
 
 from .specs import ENCODER, GraphSpec
@@ -77,8 +78,8 @@ def tool_versions() -> dict[str, str]:
 
 
 def write_vocab_files(bundle_dir: Path, vocab: list[str], tokenizer_json: str) -> None:
-    (bundle_dir / VOCAB_FILE).write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (bundle_dir / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+    write_file(bundle_dir / VOCAB_FILE, json.dumps(vocab, ensure_ascii=False))
+    write_file(bundle_dir / TOKENIZER_FILE, tokenizer_json)
 
 
 def graph_entry(spec: GraphSpec, **extra) -> dict:
@@ -135,7 +136,7 @@ def build_manifest(
 
 def write_manifest(bundle_dir: Path, manifest: dict) -> Path:
     path = bundle_dir / MANIFEST_FILE
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    write_file(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return path
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from capbatch.decoding import DecodingOptions, Hypothesis
 from capbatch.encoder_runtime import AGREEMENT_KEY, agreement_key
 from capbatch.errors import CapbatchError, ExportError, UsageError
 from capbatch.manifest import MANIFEST_FILE, read_manifest
+from capbatch.output.durable import write_file
 from capbatch.preprocess import PreprocessSpec, preprocess_image
 from capbatch.providers import parse_encoder_runtime
 from capbatch.sources import IMAGE_EXTENSIONS
@@ -201,13 +201,7 @@ def gate(what: str, splits: Mapping[str, Mapping], force: bool) -> bool:
 
 def write_manifest_atomic(bundle_dir: Path, manifest: dict) -> None:
     """Replace manifest.json whole: a crash leaves the old or the new one, never half."""
-    path = Path(bundle_dir) / MANIFEST_FILE
-    staged = path.with_name(f".{MANIFEST_FILE}.tmp")
-    with open(staged, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(staged, path)
+    write_file(Path(bundle_dir) / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
 
 
 def check_runtime_precision(

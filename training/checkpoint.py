@@ -12,7 +12,6 @@ elsewhere cannot run code. Layout (nanoGPT-style, rebuilt from the config):
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from capbatch.errors import CheckpointError
+from capbatch.output.durable import write_file
 
 from .config import ModelConfig
 from .model import EncoderDecoder, build_model
@@ -58,10 +58,7 @@ def save_checkpoint(
         "scheduler": scheduler,
         "extra": dict(extra or {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_file(path, lambda handle: torch.save(payload, handle))
 
 
 def resolve_checkpoint(path: Path | str) -> Path:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from capbatch.errors import UsageError
+from capbatch.output.durable import write_file
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from .config import EvalOptions
@@ -159,11 +160,10 @@ def predictions_path(report: Path) -> Path:
 
 
 def write_report(path: Path, report: dict, predictions: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = predictions_path(path)
     report["predictions"] = str(lines)
-    lines.write_text("".join(json.dumps(p) + "\n" for p in predictions), encoding="utf-8")
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_file(lines, "".join(json.dumps(p) + "\n" for p in predictions))
+    write_file(path, json.dumps(report, indent=2) + "\n")
 
 
 def score_split(

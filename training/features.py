@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from capbatch.output.durable import create_exclusive, make_folder, write_file
 from capbatch.preprocess import PreprocessSpec, preprocess_image
 
 from .data import DatasetError
@@ -180,7 +181,7 @@ def build_feature_cache(
     upto = len(encoder.stages) if upto is None else upto
     fingerprint = encoder_fingerprint(encoder, upto)
     directory = Path(cache_root) / fingerprint[:16]
-    directory.mkdir(parents=True, exist_ok=True)
+    make_folder(directory, "the feature cache folder")
     existing = FeatureCache.open(directory, fingerprint)
     paths = dict(images)
     with ThreadPoolExecutor(max(1, workers)) as pool:  # hashlib releases the GIL
@@ -206,8 +207,9 @@ def build_feature_cache(
         previous = json.loads(partial_index.read_text())
         if {k: previous.get(k) for k in index} == index:
             filled = int(previous.get("filled", 0))  # resume an interrupted build
-    mode = "r+" if filled else "w+"
-    out = np.memmap(partial_data, dtype=np.float16, mode=mode, shape=shape)
+    if partial_data.is_symlink():
+        filled = 0
+    out = _open_features(partial_data, shape, resume=bool(filled))
     if existing and filled < len(existing.names):  # rows already computed: copied
         out[: len(existing.names)] = existing.features
         filled = len(existing.names)
@@ -240,9 +242,22 @@ def build_feature_cache(
 
 
 def _write_index(path: Path, index: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(index))
-    os.replace(tmp, path)
+    write_file(path, json.dumps(index))
+
+
+def _open_features(path: Path, shape: tuple[int, ...], resume: bool) -> np.memmap:
+    """The partial features file as a memmap. A new one is created exclusively (a link
+    planted at its name is removed, never written through); one resumed must be the
+    regular file an earlier build left."""
+    if resume and not path.is_symlink():
+        return np.memmap(path, dtype=np.float16, mode="r+", shape=shape)
+    path.unlink(missing_ok=True)
+    fd = create_exclusive(path)
+    try:
+        os.ftruncate(fd, int(np.prod(shape)) * np.dtype(np.float16).itemsize)
+    finally:
+        os.close(fd)
+    return np.memmap(path, dtype=np.float16, mode="r+", shape=shape)
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capbatch.errors import UsageError
+from capbatch.output.durable import write_file
 from capbatch.vocab import VOCAB_STYLES, Vocab
 
 from .config import ModelConfig
@@ -121,10 +122,7 @@ class CaptionTokenizer:
         return self.backend.to_str()
 
     def save(self, directory: Path | str) -> Path:
-        path = Path(directory) / TOKENIZER_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json(), encoding="utf-8")
-        return path
+        return write_file(Path(directory) / TOKENIZER_FILE, self.to_json())
 
     @classmethod
     def from_json(cls, text: str, specials: SpecialIds, style: str) -> CaptionTokenizer:

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..job import RunOptions, existing_output_error, resume_output
 from ..output import Output, format_for, open_output, parts_dir_for, read_rows
-from ..output.durable import append_line
+from ..output.durable import append_line, make_folder, write_file
 from ..rows import Row
 from ..sources import archive_kind, expand_braces, read_list
 
@@ -193,8 +193,8 @@ def prepare_output(layout: OutputLayout, options: RunOptions, plan: dict) -> dic
             f"the inputs or model options differ from the run that wrote {layout.lock_target} "
             "(--engine ray resumes the same inputs); pass --overwrite to start over"
         )
-    layout.shards_dir.mkdir(parents=True, exist_ok=True)
-    plan_path.write_text(json.dumps(plan, indent=1), encoding="utf-8")
+    make_folder(layout.shards_dir, "the shards folder")
+    write_file(plan_path, json.dumps(plan, indent=1))
     return done
 
 

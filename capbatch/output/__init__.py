@@ -29,6 +29,7 @@ from .sidecars import SidecarWriter, sidecar_path
 from .stream import StreamOutput, is_stdout
 
 __all__ = [
+    "EXTENSION_FORMATS",
     "FORMATS",
     "Output",
     "OutputSettings",
@@ -61,7 +62,7 @@ FORMATS: dict[str, type] = {
     "txt": SidecarWriter,
 }
 
-_EXTENSION_FORMATS = {
+EXTENSION_FORMATS = {
     ".csv": "csv",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -78,7 +79,7 @@ def format_for(out: Path, fmt: str | None) -> str:
     "txt" (sidecars) is never guessed: "--out captions.txt" reads as one text
     file, so sidecars are chosen with --format txt, `out` then being the journal.
     """
-    guessed = _EXTENSION_FORMATS.get(Path(out).suffix.lower())
+    guessed = EXTENSION_FORMATS.get(Path(out).suffix.lower())
     if fmt is not None:
         fmt = fmt.lower()
         if fmt not in FORMATS:
@@ -95,7 +96,7 @@ def format_for(out: Path, fmt: str | None) -> str:
     if guessed is None:
         raise UsageError(
             f"cannot tell the output format from {str(out)!r}: use an extension "
-            f"({', '.join(_EXTENSION_FORMATS)}) or --format {{{','.join(FORMATS)}}}"
+            f"({', '.join(EXTENSION_FORMATS)}) or --format {{{','.join(FORMATS)}}}"
         )
     return guessed
 

@@ -1,23 +1,30 @@
-"""Writing that survives a crash: fsync, atomic replace, fsynced appends.
+"""The one way capbatch writes a file: fsync, atomic replace, fsynced appends.
 
-Each helper returns only once the bytes (and, where a name changed, the
-directory entry) are on disk, so a killed run leaves the old file or the new
-one, never half of either.
+Every file capbatch writes (outputs, Parquet parts, sidecars, stats, reports,
+attention maps, precision records, domain statistics, checkpoints, feature
+caches) goes through `write_file` (or, for the row files it appends to,
+`temporary_file` + `rename_durably`). Each returns only once the bytes (and,
+where a name changed, the directory entry) are on disk, so a killed run leaves
+the old file or the new one, never half of either.
 
-Nothing capbatch creates follows a link: temporary files get a random name and
-are created with O_CREAT | O_EXCL | O_NOFOLLOW (a link planted under any name
-makes the create fail, never write through), and renames replace directory
-entries, not what they point at.
+Nothing capbatch creates follows a link: the folder is opened once and every
+name is taken relative to it; temporary files get a random name and are
+created with O_CREAT | O_EXCL | O_NOFOLLOW (a link planted under any name makes
+the create fail, never write through); renames replace directory entries, not
+what they point at; a folder capbatch makes for itself (`make_folder`) is
+refused when a link stands in its place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import OutputError
 
@@ -145,29 +152,42 @@ def truncate(path: Path, size: int) -> None:
         os.fsync(handle.fileno())
 
 
-def link_new(text: str, target: str, *, replace: bool) -> None:
-    """Write `text` to `target` through an fsynced temporary file in the same folder.
+Content = bytes | str | Callable[[BinaryIO], None]
 
-    The folder is opened once and every name is taken relative to it, so a folder
-    swapped for a link mid-way cannot redirect the write; the temporary name is
-    random and created exclusively (O_EXCL | O_NOFOLLOW). Without `replace`, an
-    existing target (a link too) raises FileExistsError and is left as it is
-    (link() never overwrites); with it, rename() replaces the entry, never writing
-    through it. The temporary file is removed either way.
+
+def write_file(target: Path | str, content: Content, *, replace: bool = True) -> Path:
+    """Write `target` whole: a random temporary name created exclusively in its folder,
+    the bytes fsynced, then renamed over `target` (`replace`) or linked to it (not
+    `replace`: an existing name, a link too, raises FileExistsError and stays as it
+    is). `content` is bytes, text (UTF-8) or a function writing to a binary file.
+
+    The folder (created when missing) is opened once and every name is relative to
+    it, so a folder swapped for a link mid-way cannot redirect the write, and a link
+    planted at `target` is replaced, never written through. A directory or special
+    file at `target` is refused (IsADirectoryError / OutputError). The temporary file
+    is removed whatever happens. OSError for the caller to word.
     """
-    folder, name = os.path.split(target)
+    target = Path(target)
+    folder, name = os.path.split(os.fspath(target))
+    if folder:
+        with contextlib.suppress(FileExistsError):  # a file there: open() says ENOTDIR
+            os.makedirs(folder, exist_ok=True)
     dir_fd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        _refuse_non_file(name, dir_fd, target)
         while True:
-            tmp = f".{name}.tmp-{secrets.token_hex(8)}"
+            tmp = f".{name[:200]}.tmp-{secrets.token_hex(8)}"
             try:
                 fd = create_exclusive(tmp, dir_fd=dir_fd)
                 break
             except FileExistsError:
                 continue
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
+            with os.fdopen(fd, "wb") as handle:
+                if callable(content):
+                    content(handle)
+                else:
+                    handle.write(content.encode("utf-8") if isinstance(content, str) else content)
                 handle.flush()
                 os.fsync(handle.fileno())
             if replace:
@@ -181,3 +201,46 @@ def link_new(text: str, target: str, *, replace: bool) -> None:
             os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return target
+
+
+def _refuse_non_file(name: str, dir_fd: int, target: Path) -> None:
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(target))
+    for test, kind in _KINDS:
+        if test(info.st_mode):
+            raise OutputError(f"{target} is {kind}; capbatch writes regular files only")
+
+
+def link_new(text: str, target: str, *, replace: bool) -> None:
+    """A text file written whole through write_file (sidecars)."""
+    write_file(target, text, replace=replace)
+
+
+def make_folder(folder: Path | str, what: str) -> Path:
+    """Create `folder` (and its parents) for capbatch's own files (Parquet parts, Ray
+    shards, attention maps, sidecars); OutputError when a link or a non-folder stands
+    there: capbatch never writes into a folder it did not expect to be a link."""
+    folder = Path(folder)
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {what} {folder}: {exc.strerror or exc}") from None
+        return folder
+    except OSError as exc:
+        raise OutputError(f"cannot use {what} {folder}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise OutputError(
+            f"{what} {folder} is a symbolic link (to {os.path.realpath(folder)}); "
+            "capbatch does not write through links: remove it or name another folder"
+        )
+    if not stat.S_ISDIR(info.st_mode):
+        raise OutputError(f"{what} {folder} exists and is not a folder")
+    return folder

@@ -7,8 +7,6 @@ either whole or absent. After a crash the parts are readable as they are
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
@@ -16,11 +14,12 @@ from pathlib import Path
 from ..errors import MissingDependencyError, OutputError
 from ..rows import ROW_FIELDS, Row, parquet_schema
 from .durable import (
-    create_exclusive,
+    make_folder,
     output_error,
     rename_durably,
     replace_atomically,
     temporary_file,
+    write_file,
 )
 from .settings import OutputSettings
 
@@ -80,8 +79,11 @@ class ParquetWriter:
                 shutil.rmtree(self.parts, ignore_errors=True)
                 if out.exists():
                     out.unlink()
-            self.parts.mkdir(parents=True, exist_ok=True)
-            for stale in self.parts.glob(f"{_WRITING_PREFIX}*"):  # cut short by a crash
+        except OSError as exc:
+            raise output_error(out, exc) from None
+        make_folder(self.parts, "the Parquet parts folder")
+        try:
+            for stale in self.parts.glob(f"{_WRITING_PREFIX}*"):  # older runs' temporaries
                 stale.unlink()
         except OSError as exc:
             raise output_error(out, exc) from None
@@ -95,16 +97,10 @@ class ParquetWriter:
         records = [row.to_record() for row in rows]
         columns = {name: [record[name] for record in records] for name in ROW_FIELDS}
         target = self.parts / f"part-{self._next_part:08d}.parquet"
-        tmp = target.with_name(_WRITING_PREFIX + target.name)
+        table = self.pa.table(columns, schema=self.schema)
         try:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()  # left by a failed write: ours, never followed (unlink)
-            with os.fdopen(create_exclusive(tmp), "wb") as handle:
-                self.pq.write_table(self.pa.table(columns, schema=self.schema), handle)
-            rename_durably(tmp, target)
+            write_file(target, lambda handle: self.pq.write_table(table, handle))
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()  # a part cut short by a full disk
             raise output_error(self.out, exc) from None
         self._next_part += 1
         return list(rows)

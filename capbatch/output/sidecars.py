@@ -9,10 +9,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import OutputError
 from ..rows import ERROR, OK, Row
 from ..sources import IMAGE_EXTENSIONS, escape_undecodable
-from .durable import link_new
+from .durable import link_new, make_folder
 from .lines import JsonlWriter, _scan_jsonl
 from .settings import OutputSettings
 
@@ -68,13 +67,7 @@ class SidecarWriter:
                 if record.get("status") == OK and target is not None:
                     self._owners[target] = record["key"]
         if self.settings.sidecar_dir is not None:
-            try:
-                self.settings.sidecar_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise OutputError(
-                    f"cannot create --sidecar-dir {self.settings.sidecar_dir}: "
-                    f"{exc.strerror or exc}"
-                ) from None
+            make_folder(self.settings.sidecar_dir, "--sidecar-dir")
         self.journal = JsonlWriter(out, append=append)
 
     def write(self, rows: Sequence[Row]) -> list[Row]:

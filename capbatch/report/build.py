@@ -18,8 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -32,6 +30,7 @@ from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 
 from ..errors import OutputError
+from ..output.durable import write_file
 from ..providers import cpu_thread_count
 from .attention import attention_payload, find_sheet
 from .images import (
@@ -259,27 +258,11 @@ def write_report(
 
 
 def _write_atomically(out: Path, chunks: Iterator[str]) -> None:
-    directory = out.parent if str(out.parent) else Path(".")
+    def write(handle) -> None:
+        for chunk in chunks:
+            handle.write(chunk.encode("utf-8"))
+
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(
-            "w",
-            encoding="utf-8",
-            dir=directory,
-            prefix=f".{out.name}.",
-            suffix=".tmp",
-            delete=False,
-        )
+        write_file(out, write)
     except OSError as exc:
         raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
-    try:
-        with handle:
-            for chunk in chunks:
-                handle.write(chunk)
-        os.chmod(handle.name, 0o644)
-        os.replace(handle.name, out)
-    except OSError as exc:
-        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)

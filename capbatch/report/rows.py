@@ -18,15 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MissingDependencyError, UsageError
+from ..output import EXTENSION_FORMATS
 from ..output.lines import restore_cell
+from ..rows import ROW_FIELDS
 
-# Columns with a meaning here; any other column goes to ReportRow.extra.
-KNOWN_COLUMNS = frozenset(
-    {
-        "key", "path", "caption", "score", "status", "error", "width", "height", "model_id",
-        "in_domain", "domain_distance", "truncated", "repeated", "attention",
-    }
-)  # fmt: skip
+# Columns with a meaning here (the output row's, declared once in capbatch.rows);
+# any other column goes to ReportRow.extra.
+KNOWN_COLUMNS = frozenset(ROW_FIELDS)
 # Ray shard bookkeeping columns: not row data, never shown.
 HIDDEN_COLUMNS = frozenset({"shard", "end", "count", "__index_level_0__"})
 EXTRA_VALUE_CHARS = 300
@@ -204,7 +202,9 @@ def _parquet_records(path: Path, stream: RowStream) -> Iterator[dict]:
 
 
 _RECORDERS = {"csv": _csv_records, "jsonl": _jsonl_records, "parquet": _parquet_records}
-_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+# How many records may come before the first one with a key (a torn or foreign
+# line at the top) before a file is judged not to be a run output.
+_KEY_SEARCH_RECORDS = 1000
 
 
 def _sniff_format(path: Path) -> str:
@@ -247,5 +247,30 @@ def open_rows(source: Path | str) -> RowStream:
         return RowStream(source, fmt, files)
     if not source.is_file():
         raise UsageError(f"no such output file: {source}")
-    fmt = _SUFFIXES.get(source.suffix.lower()) or _sniff_format(source)
-    return RowStream(source, fmt, (source,))
+    fmt = EXTENSION_FORMATS.get(source.suffix.lower()) or _sniff_format(source)
+    stream = RowStream(source, fmt, (source,))
+    _check_run_output(stream)
+    return stream
+
+
+def _check_run_output(stream: RowStream) -> None:
+    """UsageError unless the file holds rows of a run: every output capbatch writes
+    has a `key` column (its header, or its records), and an empty file is an empty run."""
+    if stream.fmt == "csv":
+        with open(stream.source, encoding="utf-8-sig", errors="replace", newline="") as handle:
+            header = next(csv.reader([handle.readline(1 << 20)]), [])
+        has_key = not header or "key" in header
+    else:
+        records = _RECORDERS[stream.fmt](stream.source, RowStream(stream.source, stream.fmt, ()))
+        seen = 0
+        has_key = True
+        for record in records:
+            has_key = "key" in record
+            seen += 1
+            if has_key or seen >= _KEY_SEARCH_RECORDS:
+                break
+    if not has_key:
+        raise UsageError(
+            f"{stream.source} is not a capbatch run output (no key column); give the CSV, "
+            "JSONL or Parquet file `capbatch caption` wrote"
+        )

@@ -3,20 +3,17 @@ the number of distinct error reasons, itself capped)."""
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..stats import reason_group
 from .rows import ReportRow
 
 MAX_REASON_GROUPS = 200
 LISTED_ERRORS = 100
-_NUMBER = re.compile(r"\d+")
-
-
-def reason_pattern(reason: str) -> str:
-    """Reasons that differ only in their numbers form one group ("image too large: N pixels > limit N")."""
-    return _NUMBER.sub("N", reason)
+# The run summary's grouping, so the page and the run's own summary agree: reasons
+# that differ only in their numbers are one group ("image is #x# pixels").
+reason_pattern = reason_group
 
 
 @dataclass
