@@ -8,7 +8,7 @@
 onnxruntime, numpy or Pillow until a model is wanted).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["Captioner", "CaptionResult", "__version__"]
 
 _LAZY = {"Captioner": "capbatch.captioner", "CaptionResult": "capbatch.captioner"}

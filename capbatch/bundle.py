@@ -124,6 +124,11 @@ class Bundle:
         return self.manifest.model_id
 
     @property
+    def encoder_kind(self) -> str:
+        """Who runs the encoder at which precision, as rows name it: "onnxruntime-f32"."""
+        return f"{self.encoder_runtime.value}-{self.precision.value}"
+
+    @property
     def on_cuda(self) -> bool:
         return CUDA in self.providers
 

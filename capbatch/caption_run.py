@@ -182,7 +182,16 @@ def dry_run(options, args, ray: bool = False) -> None:
         typer.echo(f"  {key}")
     if plan.inputs > len(plan.first_keys):
         typer.echo(f"  ... and {plan.inputs - len(plan.first_keys)} more")
-    typer.echo(f"model {captioner.model_id} ok on {', '.join(captioner.providers)}")
+    typer.echo(model_line(captioner, "ok "))
+
+
+def model_line(captioner, state: str = "") -> str:
+    """"model M [ok ]on PROVIDERS, encoder RUNTIME-PRECISION": the run header names who
+    runs the encoder too (an OpenVINO encoder is not one of onnxruntime's providers)."""
+    return (
+        f"model {captioner.model_id} {state}on {', '.join(captioner.providers)}, "
+        f"encoder {captioner.encoder_kind}"
+    )
 
 
 def caption_locally(options, args, quiet: bool):
@@ -194,7 +203,7 @@ def caption_locally(options, args, quiet: bool):
         args, warn=lambda message: echo(f"capbatch: warning: {message}")
     )
     if not quiet:
-        echo(f"model {captioner.model_id} on {', '.join(captioner.providers)}")
+        echo(model_line(captioner))
     stop = threading.Event()
     with stop_on_signals(stop), Progress(quiet) as progress:
         if not quiet:
@@ -207,6 +216,7 @@ def caption_locally(options, args, quiet: bool):
             captioner, options, stop=stop, on_progress=progress.update, on_start=progress.start
         )
     summary.model_id = summary.model_id or captioner.model_id  # also when no row was new
+    summary.encoder = summary.encoder or captioner.encoder_kind
     return summary
 
 
@@ -228,7 +238,7 @@ def caption_on_ray(options, args, quiet: bool, *, address, actors):
         echo(f"engine ray on {where}, {ray_options.actors} captioning actor(s)")
     stop = threading.Event()
     with stop_on_signals(stop), Progress(quiet) as progress:
-        return run_on_ray(
+        summary = run_on_ray(
             options,
             args,
             ray_options,
@@ -236,3 +246,5 @@ def caption_on_ray(options, args, quiet: bool, *, address, actors):
             on_progress=progress.update,
             on_start=progress.start,
         )
+    summary.encoder = summary.encoder or args.encoder_kind  # also when no row was new
+    return summary

@@ -27,6 +27,7 @@ from .errors import InputDecodeError, UsageError
 from .image_decode import DecodedImage, decode_image
 from .preprocess import PreprocessSpec, preprocess_image, upright_size
 from .providers import Precision, parse_device, parse_encoder_runtime
+from .resume_facts import RESUME_MUST_MATCH, plain
 from .rows import ERROR, OK
 
 ImageItem = str | Path | bytes | Image.Image | np.ndarray
@@ -110,13 +111,19 @@ class CaptionerArgs:
 
     model: str | Path | None = None  # bundle directory; None = the built-in model
     device: str = "auto"
-    beam_size: int = 1
-    max_len: int | None = None  # None: the model's
+    beam_size: int = field(default=1, metadata=RESUME_MUST_MATCH)
+    max_len: int | None = field(default=None, metadata=RESUME_MUST_MATCH)  # None: the model's
     batch_size: int = 32
     return_attention: bool = False
     intra_op_threads: int | None = None  # onnxruntime threads per CPU session; None = per core
-    encoder_runtime: str = "onnxruntime"  # or "openvino" (CPU; needs the openvino extra)
-    precision: str = "f32"  # "bf16": OpenVINO only, and only where agreement was recorded
+    # "openvino": CPU, the openvino extra; "bf16": OpenVINO only, where agreement was recorded.
+    encoder_runtime: str = field(default="onnxruntime", metadata=RESUME_MUST_MATCH)
+    precision: str = field(default="f32", metadata=RESUME_MUST_MATCH)
+
+    @property
+    def encoder_kind(self) -> str:
+        """As rows name it ("onnxruntime-f32"), known before the model loads."""
+        return f"{plain(self.encoder_runtime)}-{plain(self.precision)}"
 
     def __post_init__(self) -> None:
         optional = ("max_len", "intra_op_threads")  # None: the model's / one per core
@@ -204,6 +211,11 @@ class Captioner:
     @property
     def model_id(self) -> str:
         return self.bundle.model_id
+
+    @property
+    def encoder_kind(self) -> str:
+        """"onnxruntime-f32", "openvino-bf16": what the rows' `encoder` column says."""
+        return self.bundle.encoder_kind
 
     @property
     def preprocess(self) -> PreprocessSpec:

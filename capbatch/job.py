@@ -28,6 +28,7 @@ from .image_decode import DecodedImage, decode_image
 from .output import Output, OutputSettings
 from .preprocess import PreprocessSpec
 from .providers import cpu_thread_count
+from .resume_facts import RESUME_MUST_MATCH
 from .rows import OK, Row
 from .sources import SourceItem, iter_sources
 from .stats import FLAG_FIELDS, reason_group
@@ -71,8 +72,8 @@ class RunOptions:
     inputs: tuple[str, ...] = ()
     out: Path = Path("captions.csv")
     fmt: str | None = None  # None: from the output's extension
-    recursive: bool = True
-    glob: str | None = None
+    recursive: bool = field(default=True, metadata=RESUME_MUST_MATCH)
+    glob: str | None = field(default=None, metadata=RESUME_MUST_MATCH)
     from_list: str | None = None  # a file of paths, or "-" for stdin
     workers: int | None = None  # decode threads (local engine); None = one per core
     resume: bool = False
@@ -128,6 +129,7 @@ class RunSummary:
     started: float = field(default_factory=time.monotonic, repr=False)
     started_at: float = field(default_factory=time.time, repr=False)  # wall clock, for stats
     model_id: str | None = None  # from the rows written
+    encoder: str | None = None  # "<runtime>-<precision>", from the rows written
     reasons: Counter = field(default_factory=Counter)  # error reason (numbers as #) -> rows
     # Per-row flags (capbatch.stats.FLAG_FIELDS): rows where the flag is true, and rows
     # that carry it at all (a field no row has is unknown, not zero).
@@ -143,6 +145,7 @@ class RunSummary:
                 self.errors += 1
                 self.reasons[reason_group(row.error)] += 1
             self.model_id = self.model_id or row.model_id
+            self.encoder = self.encoder or row.encoder
             self._count_flags(row)
         self.tick()
 
@@ -188,6 +191,20 @@ def existing_output_error(target: Path) -> UsageError:
     )
 
 
+def check_same_producer(output: Output, model_id: str, encoder: str) -> None:
+    """UsageError when the output's ok rows were captioned by another model or encoder
+    (rows of older versions, which name no encoder, are matched on the model only)."""
+    for seen_model, seen_encoder in sorted(output.producers(), key=str):
+        if seen_model == model_id and seen_encoder in (None, encoder):
+            continue
+        raise UsageError(
+            f"{output.path} holds captions of model {seen_model}, encoder "
+            f"{seen_encoder or '(not recorded)'}; this run uses model {model_id}, encoder "
+            f"{encoder}: resume with the same model and encoder options, or pass "
+            "--overwrite to start over"
+        )
+
+
 def keys_to_keep(done: Mapping[str, str], options: RunOptions) -> dict[str, str]:
     """The rows a run keeps, and so the keys it skips: all of them when resuming, less
     the error rows with --retry-errors; none otherwise."""
@@ -196,15 +213,22 @@ def keys_to_keep(done: Mapping[str, str], options: RunOptions) -> dict[str, str]
     return {k: s for k, s in done.items() if s == OK or not options.retry_errors}
 
 
-def resume_output(output: Output, options: RunOptions) -> dict[str, str]:
+def resume_output(
+    output: Output, options: RunOptions, producer: tuple[str, str] | None = None
+) -> dict[str, str]:
     """Apply --overwrite / --resume / --retry-errors to `output`, per key: an output
     with rows is refused unless told; the error rows to retry are dropped (so each
     key stays once). Returns the rows kept (key -> status): the keys to skip.
-    The caller then calls output.begin(append=bool(kept))."""
+    The caller then calls output.begin(append=bool(kept)).
+
+    `producer` (model id, encoder kind) of this run: a resume of rows another model or
+    encoder wrote is refused, so one output never mixes their captions."""
     done = {} if options.overwrite else output.done()
     if not options.overwrite and not options.resuming and output.has_content(done):
         raise existing_output_error(output.path)
     kept = keys_to_keep(done, options)
+    if kept and producer is not None:
+        check_same_producer(output, *producer)
     retried = [key for key in done if key not in kept] if options.resuming else []
     if retried:
         output.drop(retried)
@@ -298,7 +322,7 @@ def infer(captioner: Captioner, images: Sequence[DecodedImage]) -> list[CaptionR
         return [error_result(reason, image.width, image.height) for image in images]
 
 
-def row_for(item: Keyed, result: CaptionResult, model_id: str) -> Row:
+def row_for(item: Keyed, result: CaptionResult, model_id: str, encoder: str | None = None) -> Row:
     return Row(
         key=item.key,
         path=item.path,
@@ -309,6 +333,7 @@ def row_for(item: Keyed, result: CaptionResult, model_id: str) -> Row:
         width=result.width,
         height=result.height,
         model_id=model_id,
+        encoder=encoder if result.ok else None,
         domain_distance=None if result.domain_distance is None else round(result.domain_distance, 2),
         in_domain=result.in_domain,
         truncated=result.truncated if result.ok else None,
@@ -320,7 +345,8 @@ def caption_batch(captioner: Captioner, batch: Sequence[tuple[Keyed, Decoded]]) 
     """Caption the decoded items of a batch (guarded) -> one row per item, in order."""
     captioned = iter(infer(captioner, [d for _, d in batch if not isinstance(d, str)]))
     results = [error_result(d) if isinstance(d, str) else next(captioned) for _, d in batch]
-    rows = [row_for(item, result, captioner.model_id) for (item, _), result in zip(batch, results)]
+    model_id, encoder = captioner.model_id, captioner.encoder_kind
+    rows = [row_for(item, result, model_id, encoder) for (item, _), result in zip(batch, results)]
     return CaptionedBatch(rows, results)
 
 

@@ -27,6 +27,9 @@ _FIELD_TYPES: tuple[tuple[str, str], ...] = (
     ("width", "int64"),
     ("height", "int64"),
     ("model_id", "string"),
+    # Who ran the encoder, at which precision ("onnxruntime-f32", "openvino-bf16"):
+    # captions of two encoders can differ, so a resumed output says which is which.
+    ("encoder", "string"),
     # Trust signals (docs/runtime.md): empty on error rows, and domain_* empty
     # when the bundle carries no domain statistics.
     ("domain_distance", "float64"),
@@ -40,7 +43,7 @@ ROW_FIELDS: tuple[str, ...] = tuple(name for name, _ in _FIELD_TYPES)
 TEXT_FIELDS = tuple(name for name, kind in _FIELD_TYPES if kind == "string")
 # Fields a record may lack (rows made before the field existed, engines without it).
 OPTIONAL_FIELDS: tuple[str, ...] = (
-    "domain_distance", "in_domain", "truncated", "repeated", "attention",
+    "encoder", "domain_distance", "in_domain", "truncated", "repeated", "attention",
 )  # fmt: skip
 
 
@@ -55,6 +58,7 @@ class Row:
     width: int | None
     height: int | None
     model_id: str
+    encoder: str | None = None  # "<runtime>-<precision>" of the encoder (ok rows)
     domain_distance: float | None = None  # Mahalanobis distance to the training images
     in_domain: bool | None = None  # distance within the bundle's calibrated threshold
     truncated: bool | None = None  # reached max_len without the end token

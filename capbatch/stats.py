@@ -47,6 +47,8 @@ def stats_record(summary, exit_code: int, ended_at: float) -> dict:
     return {
         "stats_version": STATS_VERSION,
         "model_id": summary.model_id,
+        # "<runtime>-<precision>" (null when no row was captioned): who ran the encoder.
+        "encoder": summary.encoder,
         "out": str(summary.out),
         "format": summary.fmt,
         "started_at": _iso(summary.started_at),

@@ -141,7 +141,7 @@ def run_captioning(
 
 def _run_locked(captioner, output: Output, options, summary, stop, on_progress, on_start) -> None:
     out = output.path
-    kept = resume_output(output, options)
+    kept = resume_output(output, options, (captioner.model_id, captioner.encoder_kind))
     sources = job_sources(options)  # --limit and the "no images found" check
     # Only an output this run creates may go again if it fails before its first row;
     # Parquet rows of a killed run live in the parts folder until they are merged.

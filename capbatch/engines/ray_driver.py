@@ -174,7 +174,7 @@ def run_on_ray(
     summary = RaySummary(out=options.out, fmt=layout.fmt, shards=len(shards))
     with OutputLock(layout.lock_target):
         done = prepare_output(layout, options, plan_record(shards, options, args, model_id))
-        work = plan_work(layout, shards, options, done)
+        work = plan_work(layout, shards, options, done, (model_id, args.encoder_kind))
         summary.shards_skipped, summary.skipped = work.skipped_shards, work.skipped_rows
         files = ShardFiles(layout, summary, {w.shard.index: w.kept for w in work.pending})
         if on_start is not None:

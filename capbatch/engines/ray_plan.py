@@ -20,12 +20,13 @@ from ..errors import UsageError
 from ..job import RunOptions, existing_output_error, resume_output
 from ..output import Output, format_for, open_output, parts_dir_for, read_rows
 from ..output.durable import append_line, make_folder, write_file
+from ..resume_facts import resume_facts
 from ..rows import Row
 from ..sources import archive_kind, expand_braces, read_list
 
 PLAN_FILE = "plan.json"
 DONE_FILE = "done.jsonl"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: every RESUME_MUST_MATCH option (1 left out the encoder)
 
 
 @dataclass(frozen=True)
@@ -160,14 +161,13 @@ class ShardRows:
 
 
 def plan_record(shards: Sequence[Shard], options: RunOptions, args, model_id: str) -> dict:
-    """What must not change between a run and its resume (shards are matched by index)."""
+    """What must not change between a run and its resume (shards are matched by index):
+    the model, every option marked RESUME_MUST_MATCH where it is declared (the
+    encoder runtime and precision among them), and the shards."""
     return {
         "version": PLAN_VERSION,
         "model_id": model_id,
-        "beam_size": args.beam_size,
-        "max_len": args.max_len,
-        "recursive": options.recursive,
-        "glob": options.glob,
+        **resume_facts(args, options),
         "shards": [list(shard.inputs) for shard in shards],
     }
 
@@ -213,7 +213,13 @@ class Work:
     skipped_rows: int = 0
 
 
-def plan_work(layout: OutputLayout, shards: Sequence[Shard], options, done) -> Work:
+def plan_work(
+    layout: OutputLayout,
+    shards: Sequence[Shard],
+    options,
+    done,
+    producer: tuple[str, str] | None = None,
+) -> Work:
     """Per key, as the local engine: a shard whose keys are all done is skipped whole;
     any other shard with a file (cut short, or with errors to retry) keeps its rows
     by the job's rule and is read again for the keys it lacks."""
@@ -226,7 +232,7 @@ def plan_work(layout: OutputLayout, shards: Sequence[Shard], options, done) -> W
             continue
         kept: dict[str, str] = {}
         if layout.shard_file(shard.index).exists():
-            kept = resume_output(layout.shard_output(shard.index), options)
+            kept = resume_output(layout.shard_output(shard.index), options, producer)
         work.pending.append(ShardWork(shard, kept))
         work.skipped_rows += len(kept)
     return work

@@ -127,6 +127,10 @@ class Output:
         key. A torn last record is ignored; a missing output gives {}."""
         return self._format.read_done(self.path)
 
+    def producers(self) -> set[tuple[str | None, str | None]]:
+        """(model_id, encoder) of the ok rows already there: what a resume must match."""
+        return self._format.read_producers(self.path)
+
     def has_content(self, done: Collection[str]) -> bool:
         """Whether starting over would lose something (`done`: what done() gave)."""
         if done:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OutputError
-from ..rows import ERROR, ROW_FIELDS, STATUSES, TEXT_FIELDS, Row
+from ..rows import ERROR, OK, ROW_FIELDS, STATUSES, TEXT_FIELDS, Row
 from .durable import output_error, replace_atomically, truncate
 from .settings import OutputSettings
 
@@ -85,6 +85,18 @@ def _torn_start_is_ours(out: Path, end: int, start: bytes) -> bool:
     return head.startswith(start) or start.startswith(head)
 
 
+# The columns of outputs written before rows named their encoder (capbatch < 0.2).
+_FIELDS_BEFORE_ENCODER = tuple(name for name in ROW_FIELDS if name != "encoder")
+
+
+def older_output_error(out: Path) -> OutputError:
+    return OutputError(
+        f"{out} was written by an older capbatch whose rows do not name their encoder; "
+        "resuming it could mix captions of two encoders: start a new output, or pass "
+        "--overwrite to start this one over"
+    )
+
+
 def _scan_csv(out: Path) -> _Scan:
     records, end = [], 0
     position = {"offset": 0, "newline": True}
@@ -112,6 +124,8 @@ def _scan_csv(out: Path) -> _Scan:
             if not position["newline"]:
                 break  # torn last record
             if not header_seen:
+                if tuple(fields) == _FIELDS_BEFORE_ENCODER:
+                    raise older_output_error(out)
                 if tuple(fields) != ROW_FIELDS:
                     raise OutputError(
                         f"{out} exists but is not a capbatch CSV (header {fields[:4]}...); "
@@ -205,6 +219,16 @@ class LineWriter:
         for record in cls._scan(out).records:  # later rows win: a retried key's newest
             done[str(record["key"])] = str(record.get("status") or ERROR)
         return done
+
+    @classmethod
+    def read_producers(cls, out: Path) -> set[tuple[str | None, str | None]]:
+        if not out.exists():
+            return set()
+        return {
+            (record.get("model_id"), record.get("encoder") or None)
+            for record in cls._scan(out).records
+            if record.get("status") == OK
+        }
 
     @classmethod
     def drop_keys(cls, out: Path, keys: Collection[str]) -> int:

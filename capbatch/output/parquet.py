@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import MissingDependencyError, OutputError
-from ..rows import ROW_FIELDS, Row, parquet_schema
+from ..rows import OK, ROW_FIELDS, Row, parquet_schema
 from .durable import (
     make_folder,
     output_error,
@@ -21,6 +21,7 @@ from .durable import (
     temporary_file,
     write_file,
 )
+from .lines import older_output_error
 from .settings import OutputSettings
 
 # pyarrow's dataset reader skips names starting with "_" or ".", so reading the
@@ -127,6 +128,17 @@ class ParquetWriter:
         return done
 
     @staticmethod
+    def read_producers(out: Path) -> set[tuple[str | None, str | None]]:
+        _, _, pq = import_pyarrow()
+        producers = set()
+        for source in ([out] if out.exists() else []) + _part_files(parts_dir_for(out)):
+            table = pq.read_table(source, columns=["status", "model_id", "encoder"])
+            for status, model_id, encoder in zip(*(column.to_pylist() for column in table.columns)):
+                if status == OK:
+                    producers.add((model_id, encoder or None))
+        return producers
+
+    @staticmethod
     def drop_keys(out: Path, keys: Collection[str]) -> int:
         if not keys:
             return 0
@@ -156,6 +168,8 @@ def _check_parquet_output(out: Path, pq) -> None:
         names = tuple(pq.read_schema(out).names)
     except Exception as exc:  # pyarrow's ArrowInvalid and friends: not Parquet at all
         raise OutputError(f"{out} exists but is not a readable Parquet file: {exc}") from None
+    if names == tuple(name for name in ROW_FIELDS if name != "encoder"):
+        raise older_output_error(out)
     if names != ROW_FIELDS:
         raise OutputError(
             f"{out} exists but is not a capbatch Parquet file (columns {list(names)[:4]}...); "

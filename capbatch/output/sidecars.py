@@ -120,6 +120,10 @@ class SidecarWriter:
         return JsonlWriter.read_done(out)
 
     @staticmethod
+    def read_producers(out: Path) -> set[tuple[str | None, str | None]]:
+        return JsonlWriter.read_producers(out)
+
+    @staticmethod
     def drop_keys(out: Path, keys: Collection[str]) -> int:
         return JsonlWriter.drop_keys(out, keys)
 

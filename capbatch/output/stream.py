@@ -49,6 +49,9 @@ class StreamOutput:
     def done(self) -> dict[str, str]:
         return {}
 
+    def producers(self) -> set[tuple[str | None, str | None]]:
+        return set()
+
     def has_content(self, done: Collection[str]) -> bool:
         return False
 

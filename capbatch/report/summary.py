@@ -39,12 +39,10 @@ class RunSummary:
     truncation_known: int = 0
     repeated: int = 0
     repetition_known: int = 0
-    attention_named: int = 0  # rows whose output names an attention map
     scored: int = 0
     score_min: float | None = None
     score_max: float | None = None
     score_total: float = 0.0
-    extra_columns: list[str] = field(default_factory=list)
 
     @property
     def has_domain(self) -> bool:
@@ -105,10 +103,6 @@ class RunSummary:
         if row.repeated is not None:
             self.repetition_known += 1
             self.repeated += row.repeated
-        self.attention_named += row.attention is not None
-        for name in row.extra:
-            if name not in self.extra_columns and len(self.extra_columns) < 50:
-                self.extra_columns.append(name)
 
     def top_reasons(self) -> list[ReasonGroup]:
         return sorted(self.reasons, key=lambda group: -group.count)
