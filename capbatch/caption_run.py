@@ -1,15 +1,15 @@
-"""What `capbatch caption` does around the job: progress on stderr, the model's
-notice, --dry-run, running an engine, and the end of a run (stats file, report,
-summary lines, exit code). The Typer declaration lives in caption_cli.py."""
+"""What `capbatch caption` shows around the library's run (capbatch.api): progress
+on stderr, the model's notice, the dry run's plan, summary lines, exit code."""
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
+import warnings
 
 import typer
 
-from .errors import ExitCode, UsageError
+from .errors import ExitCode
+from .job import RunHooks
 
 
 def echo(message: str) -> None:
@@ -117,22 +117,35 @@ def summary_lines(summary) -> list[str]:
     return lines
 
 
-def finish(summary, quiet: bool, stats_json: Path | None, report: Path | None, options) -> None:
-    """Stats file, report, summary lines, exit code."""
-    import time
+def run_cli(request) -> None:
+    """`capbatch caption`: the library's caption() with progress and lines on stderr,
+    the dry run's plan on stdout, and the exit code."""
+    from .api import DryRunResult, caption
 
-    if stats_json is not None:
-        from .stats import stats_record, write_stats
-
-        write_stats(stats_json, stats_record(summary, summary.exit_code, time.time()))
-    if report is not None and summary.processed + summary.skipped:
-        from .report import write_report
-
-        # The rows as written: for --format txt the journal is where they are.
-        written = write_report(summary.out, report, attention_dir=options.attention_dir)
-        if not quiet:
-            echo(f"report of {written.summary.rows} rows -> {report}")
-    if not quiet:
+    # Pillow warns about corrupt EXIF/TIFF tags and large images from the decode
+    # threads. Decoding already enforces its own pixel limit and turns real failures
+    # into error rows, so the warnings only tear through the progress display.
+    warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+    quiet = request.quiet or request.dry_run
+    with Progress(quiet) as progress:
+        hooks = RunHooks(
+            on_start=progress.start,
+            on_progress=progress.update,
+            on_total=None if quiet else progress.set_total,
+            say=(lambda line: None) if quiet else echo,
+            warn=lambda message: echo(f"capbatch: warning: {message}"),
+            # On stderr whatever --quiet says: a nightly job's log is where it must show.
+            note=lambda notice: echo(f"capbatch: note: {notice}"),
+            handle_signals=True,
+        )
+        result = caption(request, hooks)
+    if isinstance(result, DryRunResult):
+        print_dry_run(request, result)
+        return
+    summary = result.summary
+    if not request.quiet:
+        if result.report is not None:
+            echo(f"report of {result.report_rows} rows -> {result.report}")
         if getattr(summary, "failed_shards", None):
             shown = ", ".join(str(i) for i in summary.failed_shards[:10])
             echo(
@@ -145,106 +158,19 @@ def finish(summary, quiet: bool, stats_json: Path | None, report: Path | None, o
         raise typer.Exit(int(summary.exit_code))
 
 
-def model_notice(model: str | None) -> None:
-    """The model card's one-line notice (the built-in model: what it knows), on stderr
-    whatever --quiet says: a nightly job's log is where it must show."""
-    from .bundle import resolve_bundle_dir
-    from .manifest import read_manifest
-
-    notice = read_manifest(resolve_bundle_dir(model)).model_card.get("notice")
-    if notice:
-        echo(f"capbatch: note: {notice}")
-
-
-def dry_run(options, args, ray: bool = False) -> None:
-    """--dry-run: what the run would do, on stdout; the model loaded once to check it."""
-    from .captioner import Captioner
-    from .output import open_output
-    from .preflight import dry_run
-
-    if ray:
-        from .engines.ray_plan import OutputLayout, ShardRows
-
-        output = ShardRows(OutputLayout.for_output(options.out, options.fmt))
-    else:
-        output = open_output(options.out, options.fmt)
-    plan = dry_run(options, output)
-    captioner = Captioner.from_args(
-        args, warn=lambda message: echo(f"capbatch: warning: {message}")
-    )
+def print_dry_run(request, result) -> None:
+    """--dry-run: what the run would do, on stdout."""
+    plan, out = result.plan, request.job.out
     todo = plan.inputs - plan.already_done
     typer.echo(
         f"dry run: {plan.inputs} input(s) found, {plan.already_done} already done, "
-        f"{todo} to caption -> {'stdout' if str(options.out) == '-' else options.out} "
-        f"({output.fmt}); nothing written"
+        f"{todo} to caption -> {'stdout' if str(out) == '-' else out} "
+        f"({result.fmt}); nothing written"
     )
     for key in plan.first_keys:
         typer.echo(f"  {key}")
     if plan.inputs > len(plan.first_keys):
         typer.echo(f"  ... and {plan.inputs - len(plan.first_keys)} more")
-    typer.echo(model_line(captioner, "ok "))
-
-
-def model_line(captioner, state: str = "") -> str:
-    """"model M [ok ]on PROVIDERS, encoder RUNTIME-PRECISION": the run header names who
-    runs the encoder too (an OpenVINO encoder is not one of onnxruntime's providers)."""
-    return (
-        f"model {captioner.model_id} {state}on {', '.join(captioner.providers)}, "
-        f"encoder {captioner.encoder_kind}"
+    typer.echo(
+        f"model {result.model_id} ok on {', '.join(result.providers)}, encoder {result.encoder}"
     )
-
-
-def caption_locally(options, args, quiet: bool):
-    from .captioner import Captioner
-    from .engines.local import estimate_total, run_captioning
-    from .job import stop_on_signals
-
-    captioner = Captioner.from_args(
-        args, warn=lambda message: echo(f"capbatch: warning: {message}")
-    )
-    if not quiet:
-        echo(model_line(captioner))
-    stop = threading.Event()
-    with stop_on_signals(stop), Progress(quiet) as progress:
-        if not quiet:
-            counter = threading.Thread(
-                target=lambda: progress.set_total(capped(estimate_total(options), options.limit)),
-                daemon=True,
-            )
-            counter.start()
-        summary = run_captioning(
-            captioner, options, stop=stop, on_progress=progress.update, on_start=progress.start
-        )
-    summary.model_id = summary.model_id or captioner.model_id  # also when no row was new
-    summary.encoder = summary.encoder or captioner.encoder_kind
-    return summary
-
-
-def capped(total: int | None, limit: int | None) -> int | None:
-    return total if total is None or limit is None else min(total, limit)
-
-
-def caption_on_ray(options, args, quiet: bool, *, address, actors):
-    from .engines.ray_driver import run_on_ray
-    from .engines.ray_options import RayOptions
-    from .job import stop_on_signals
-
-    try:
-        ray_options = RayOptions(address=address, actors=actors or 1)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if not quiet:
-        where = address or "a local Ray instance"
-        echo(f"engine ray on {where}, {ray_options.actors} captioning actor(s)")
-    stop = threading.Event()
-    with stop_on_signals(stop), Progress(quiet) as progress:
-        summary = run_on_ray(
-            options,
-            args,
-            ray_options,
-            stop=stop,
-            on_progress=progress.update,
-            on_start=progress.start,
-        )
-    summary.encoder = summary.encoder or args.encoder_kind  # also when no row was new
-    return summary

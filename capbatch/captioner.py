@@ -25,9 +25,10 @@ from .decoding import DecodingOptions, Hypothesis
 from .domain import DomainCheck, DomainScores
 from .errors import InputDecodeError, UsageError
 from .image_decode import DecodedImage, decode_image
+from .option_spec import MODEL, RUN, option
 from .preprocess import PreprocessSpec, preprocess_image, upright_size
-from .providers import Precision, parse_device, parse_encoder_runtime
-from .resume_facts import RESUME_MUST_MATCH, plain
+from .providers import Device, EncoderRuntime, Precision, parse_device, parse_encoder_runtime
+from .resume_facts import plain
 from .rows import ERROR, OK
 
 ImageItem = str | Path | bytes | Image.Image | np.ndarray
@@ -109,16 +110,35 @@ class CaptionerArgs:
     sends them to its actors, which build their Captioner from them.
     """
 
-    model: str | Path | None = None  # bundle directory; None = the built-in model
-    device: str = "auto"
-    beam_size: int = field(default=1, metadata=RESUME_MUST_MATCH)
-    max_len: int | None = field(default=None, metadata=RESUME_MUST_MATCH)  # None: the model's
-    batch_size: int = 32
-    return_attention: bool = False
-    intra_op_threads: int | None = None  # onnxruntime threads per CPU session; None = per core
-    # "openvino": CPU, the openvino extra; "bf16": OpenVINO only, where agreement was recorded.
-    encoder_runtime: str = field(default="onnxruntime", metadata=RESUME_MUST_MATCH)
-    precision: str = field(default="f32", metadata=RESUME_MUST_MATCH)
+    model: str | Path | None = option(
+        None, "Model bundle directory (default: built-in).", panel=MODEL, cli_type=Path | None
+    )
+    device: str = option(
+        "auto", "auto: CUDA when available, else CPU.", panel=MODEL, choices=Device
+    )
+    beam_size: int = option(
+        1, "1 = greedy; K > 1 = beam search.", panel=MODEL, min=1, resume_must_match=True
+    )
+    max_len: int | None = option(
+        None, "Most tokens per caption (default: the model's).", panel=MODEL, min=1,
+        resume_must_match=True,
+    )  # fmt: skip
+    batch_size: int = option(32, "Images per batch.", panel=RUN, min=1)
+    return_attention: bool = option(False, cli=False)  # set from --attention-dir
+    intra_op_threads: int | None = option(
+        None, "ONNX Runtime threads per CPU session (default: one per core; on small "
+        "machines 1 leaves the cores to decoding, see docs/benchmarks.md).",
+        panel=RUN, flags=("--threads",), min=1, engine=("local", "Ray actors use one CPU each"),
+    )  # fmt: skip
+    encoder_runtime: str = option(
+        "onnxruntime", "Who runs the encoder: onnxruntime, or openvino (CPU, the openvino "
+        "extra; refused unless the bundle records its caption agreement).",
+        panel=MODEL, choices=EncoderRuntime, resume_must_match=True,
+    )  # fmt: skip
+    precision: str = option(
+        "f32", "Encoder precision: f32, or bf16 (openvino only).", panel=MODEL,
+        choices=Precision, resume_must_match=True,
+    )  # fmt: skip
 
     @property
     def encoder_kind(self) -> str:

@@ -15,9 +15,9 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
@@ -25,10 +25,10 @@ from typing import Protocol
 from .captioner import Captioner, CaptionResult, error_result
 from .errors import ExitCode, InputDecodeError, UsageError
 from .image_decode import DecodedImage, decode_image
-from .output import Output, OutputSettings
+from .option_spec import INPUTS, OUTPUT, RUN, default_of, flag_of, option
+from .output import Output, OutputFormat, OutputSettings
 from .preprocess import PreprocessSpec
 from .providers import cpu_thread_count
-from .resume_facts import RESUME_MUST_MATCH
 from .rows import OK, Row
 from .sources import SourceItem, iter_sources
 from .stats import FLAG_FIELDS, reason_group
@@ -39,51 +39,99 @@ class Engine(str, Enum):
     ray = "ray"
 
 
-# The options that only one engine takes, as the CLI spells them, with the reason:
-# declared once, checked by the CLI before anything loads and by each engine's API.
-ENGINE_ONLY: dict[str, tuple[Engine, str]] = {
-    "--workers": (Engine.local, "Ray runs decode tasks itself"),
-    "--threads": (Engine.local, "Ray actors use one CPU each"),
-    "--attention-dir": (Engine.local, "Ray actors return rows only"),
-    "--format txt": (Engine.local, "--engine ray writes csv, jsonl or parquet, not sidecars"),
-    "--out -": (Engine.local, "Ray writes shard files and merges them"),
-    "--limit": (Engine.local, "Ray reads its inputs on the workers, shard by shard"),
-    "--ray-address": (Engine.ray, ""),
-    "--actors": (Engine.ray, ""),
+# Option values (not whole options) that only the local engine takes. Options that
+# only one engine takes say so where they are declared (option(engine=...)).
+LOCAL_ONLY_VALUES: dict[str, str] = {
+    "--format txt": "--engine ray writes csv, jsonl or parquet, not sidecars",
+    "--out -": "Ray writes shard files and merges them",
 }
 
 
-def check_engine_options(engine: Engine | str, given: Iterable[str]) -> None:
-    """UsageError for the first of `given` (ENGINE_ONLY names) another engine owns."""
+def engine_only_given(*parts: object) -> dict[str, tuple[str, str]]:
+    """{flag: (engine, why)} of the engine-only options the option dataclasses `parts`
+    set to something other than their default (nested dataclasses included)."""
+    given: dict[str, tuple[str, str]] = {}
+    for part in parts:
+        for spec in fields(part):
+            value = getattr(part, spec.name)
+            if is_dataclass(value):
+                given.update(engine_only_given(value))
+            owner = spec.metadata.get("engine")
+            if owner is not None and value != default_of(spec):
+                given[flag_of(spec)] = owner
+    return given
+
+
+def check_engine_options(engine: Engine | str, *parts: object) -> None:
+    """UsageError for the first option of `parts` (option dataclasses) that another
+    engine owns."""
     engine = Engine(engine)
-    for flag in given:
-        owner, reason = ENGINE_ONLY[flag]
-        if owner is engine:
+    given = engine_only_given(*parts)
+    for part in parts:
+        if isinstance(part, RunOptions):
+            given.update({flag: ("local", why) for flag, why in part.local_only_values().items()})
+    for flag, (owner, why) in given.items():
+        if owner == engine.value:
             continue
-        if owner is Engine.ray:
+        if owner == Engine.ray.value:
             raise UsageError(f"{flag} needs --engine ray")
-        raise UsageError(f"{flag} applies to the local engine only ({reason})")
+        raise UsageError(f"{flag} applies to the local engine only ({why})")
+
+
+_LOCAL = "local"
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """What to caption and where to write it (the CLI's options, validated)."""
+    """What to caption and where to write it: each option declared once (option()),
+    the CLI's flags generated from these fields (capbatch.cli_options)."""
 
-    inputs: tuple[str, ...] = ()
-    out: Path = Path("captions.csv")
-    fmt: str | None = None  # None: from the output's extension
-    recursive: bool = field(default=True, metadata=RESUME_MUST_MATCH)
-    glob: str | None = field(default=None, metadata=RESUME_MUST_MATCH)
-    from_list: str | None = None  # a file of paths, or "-" for stdin
-    workers: int | None = None  # decode threads (local engine); None = one per core
-    resume: bool = False
-    overwrite: bool = False
-    retry_errors: bool = False  # resume, and redo keys whose row is an error
-    overwrite_sidecars: bool = False  # --format txt: replace existing .txt sidecars
-    attention_dir: Path | None = None  # local engine
-    limit: int | None = None  # only the first N inputs (local engine)
-    allow_empty: bool = False  # no inputs found is a normal, empty run (else UsageError)
-    output_settings: OutputSettings = OutputSettings()  # CSV cells, sidecar options
+    inputs: tuple[str, ...] = option(
+        (), "Image files, folders, tar/tar.gz/zip archives or webdataset shards.",
+        panel=INPUTS, argument=True, cli_type=list[str] | None,
+    )  # fmt: skip
+    out: Path = option(
+        Path("captions.csv"), "Output file (.csv, .jsonl, .parquet; journal for txt; - for stdout).",
+        panel=OUTPUT, flags=("--out", "-o"), required=True,
+    )  # fmt: skip
+    fmt: str | None = option(
+        None, "Output format (default: from --out's extension).",
+        panel=OUTPUT, flags=("--format",), choices=OutputFormat,
+    )  # fmt: skip
+    recursive: bool = option(
+        True, "Descend into sub-folders (--no-recursive: the folder itself only).",
+        panel=INPUTS, flags=("--recursive/--no-recursive",), resume_must_match=True,
+    )  # fmt: skip
+    glob: str | None = option(
+        None, "Only files matching this pattern in folders.", panel=INPUTS, resume_must_match=True
+    )
+    from_list: str | None = option(None, "Read input paths from FILE ('-': stdin).", panel=INPUTS)
+    limit: int | None = option(
+        None, "Only the first N inputs (in input order).", panel=INPUTS, min=1,
+        engine=(_LOCAL, "Ray reads its inputs on the workers, shard by shard"),
+    )  # fmt: skip
+    allow_empty: bool = option(
+        False, "No images found is not an error (an empty output, exit 0).", panel=INPUTS
+    )
+    workers: int | None = option(
+        None, "Decode threads (default: one per core).", panel=RUN, min=1,
+        engine=(_LOCAL, "Ray runs decode tasks itself"),
+    )  # fmt: skip
+    resume: bool = option(False, "Continue an existing output: skip keys done.", panel=RUN)
+    overwrite: bool = option(
+        False, "Replace an existing output (and side outputs) and start over.", panel=RUN
+    )
+    retry_errors: bool = option(
+        False, "Resume, and caption again the keys that failed.", panel=RUN
+    )
+    overwrite_sidecars: bool = option(
+        False, "--format txt: replace existing .txt files.", panel=OUTPUT
+    )
+    attention_dir: Path | None = option(
+        None, "Write per-image attention heatmap PNGs here.", panel=OUTPUT,
+        engine=(_LOCAL, "Ray actors return rows only"),
+    )  # fmt: skip
+    output_settings: OutputSettings = field(default_factory=OutputSettings)
 
     def __post_init__(self) -> None:
         if self.resume and self.overwrite:
@@ -105,16 +153,10 @@ class RunOptions:
     def decode_workers(self) -> int:
         return self.workers or cpu_thread_count()
 
-    def engine_flags(self) -> list[str]:
-        """The ENGINE_ONLY options these options set."""
-        given = {
-            "--workers": self.workers is not None,
-            "--attention-dir": self.attention_dir is not None,
-            "--format txt": (self.fmt or "").lower() == "txt",
-            "--out -": str(self.out) == "-",
-            "--limit": self.limit is not None,
-        }
-        return [flag for flag, present in given.items() if present]
+    def local_only_values(self) -> dict[str, str]:
+        """The LOCAL_ONLY_VALUES these options take: {spelling: why}."""
+        given = {"--format txt": (self.fmt or "").lower() == "txt", "--out -": str(self.out) == "-"}
+        return {flag: LOCAL_ONLY_VALUES[flag] for flag, present in given.items() if present}
 
 
 @dataclass
@@ -179,6 +221,21 @@ class RunSummary:
         if self.interrupted:
             return ExitCode.INTERRUPTED
         return ExitCode.SOME_FAILED if self.errors else ExitCode.OK
+
+
+@dataclass
+class RunHooks:
+    """How a run talks to its caller: every hook optional (the library's default is
+    silence). The CLI's draw the progress bar and print the header lines."""
+
+    stop: threading.Event = field(default_factory=threading.Event)  # set: finish the batch, stop
+    on_start: Callable[[], None] | None = None  # output locked and opened
+    on_progress: Callable[[RunSummary], None] | None = None  # after every written batch
+    on_total: Callable[[int | None], None] | None = None  # the number of inputs, once known
+    say: Callable[[str], None] = lambda line: None  # a header line ("model M on CPU...")
+    warn: Callable[[str], None] = lambda message: None  # a warning (no "warning:" prefix)
+    note: Callable[[str], None] = lambda notice: None  # the model card's notice
+    handle_signals: bool = False  # SIGINT/SIGTERM set `stop` (main thread only)
 
 
 # -- resume: per key, for every engine ------------------------------------------------
@@ -378,10 +435,11 @@ def stop_on_signals(stop: threading.Event):
 __all__ = [
     "CaptionedBatch",
     "Decoded",
-    "ENGINE_ONLY",
+    "LOCAL_ONLY_VALUES",
     "Engine",
     "Keyed",
     "KeyedItem",
+    "RunHooks",
     "RunOptions",
     "RunSummary",
     "caption_batch",

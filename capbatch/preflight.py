@@ -1,29 +1,24 @@
 """Everything `capbatch caption` can check before the model loads.
 
-A bad option, a missing extra, an output that would be clobbered, a mistyped
-input path or an input with no images is reported in one line (exit 2) within
-a second, before the seconds of model loading and before any output file is
-created, so the corrected rerun needs no --overwrite.
+A mistyped input path, an input with no images, or a path the run could not or
+should not write is reported in one line (exit 2) within a second, before the
+seconds of model loading and before any output file is created, so the
+corrected rerun needs no --overwrite. (Each engine checks its own options, the
+output's format and extra, and an output that would be clobbered, when the
+request is opened on it: capbatch.engines.)
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
-from .job import (
-    Engine,
-    RunOptions,
-    existing_output_error,
-    job_sources,
-    keys_to_keep,
-    no_inputs_error,
-)
-from .output import Output, StreamOutput, is_stdout, open_output
+from .job import RunOptions, job_sources, keys_to_keep, no_inputs_error
+from .output import is_stdout
 from .sources import expand_braces, iter_sources
 from .write_targets import (
     RunInputs,
@@ -36,30 +31,25 @@ from .write_targets import (
 )
 
 if TYPE_CHECKING:
-    from .engines.ray_plan import ShardRows
+    from .request import CaptionRequest
 
 # What a user who typed "--quiet true" left behind as an input path.
 _BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
 
 
-def preflight(
-    options: RunOptions,
-    engine: Engine,
-    *,
-    stats_json: Path | None = None,
-    report: Path | None = None,
-    dry_run: bool = False,
-) -> None:
-    """UsageError (or MissingDependencyError / OutputError) for the first problem."""
-    check_output(options, engine)
+def preflight(request: CaptionRequest) -> None:
+    """UsageError for the first problem with the inputs or the paths the run writes
+    (the engine checked its own options and the output's format: capbatch.engines)."""
+    options = request.job
     check_inputs_exist(options)
-    check_targets(options, engine, stats_json=stats_json, report=report, probe=not dry_run)
+    check_targets(
+        options, stats_json=request.stats_json, report=request.report, probe=not request.dry_run
+    )
     check_not_empty(options)
 
 
 def check_targets(
     options: RunOptions,
-    engine: Engine,
     *,
     stats_json: Path | None = None,
     report: Path | None = None,
@@ -95,37 +85,6 @@ def check_targets(
         check_folder_target("--attention-dir", options.attention_dir, inputs=inputs, probe=probe)
     if sidecar_dir is not None:
         check_folder_target("--sidecar-dir", sidecar_dir, probe=probe)
-
-
-def check_output(options: RunOptions, engine: Engine) -> Output | StreamOutput | None:
-    """The format (and its match with --out's extension), its extra, and a collision
-    with an existing output; the Ray engine checks its shard layout itself, and a
-    shards-only --out folder (None returned) has no file of its own to open."""
-    if engine is Engine.ray:
-        from .engines.ray_plan import OutputLayout
-
-        layout = OutputLayout.for_output(options.out, options.fmt)
-        if layout.merged is None:
-            _check_parquet_extra(layout.shard_fmt)
-            return None
-    output = open_output(
-        options.out,
-        options.fmt,
-        overwrite_sidecars=options.overwrite_sidecars,
-        settings=options.output_settings,
-    )
-    _check_parquet_extra(output.fmt)
-    if engine is Engine.local and not is_stdout(options.out):
-        if not options.overwrite and not options.resuming and output.has_content(output.done()):
-            raise existing_output_error(output.path)
-    return output
-
-
-def _check_parquet_extra(fmt: str) -> None:
-    if fmt == "parquet":
-        from .output.parquet import import_pyarrow
-
-        import_pyarrow()  # the one-line install hint when pyarrow is missing
 
 
 def _missing(raw: str) -> list[str]:
@@ -169,12 +128,10 @@ class DryRun:
     first_keys: tuple[str, ...]
 
 
-def dry_run(
-    options: RunOptions, output: Output | StreamOutput | ShardRows, shown: int = 5
-) -> DryRun:
+def dry_run(options: RunOptions, done: Mapping[str, str], shown: int = 5) -> DryRun:
     """Resolve every input as the run would (reading each once), touching no output
-    (`output` is only asked for its done keys)."""
-    skip = keys_to_keep({} if options.overwrite else output.done(), options)
+    (`done`: the rows already there, as the engine reads them)."""
+    skip = keys_to_keep({} if options.overwrite else done, options)
     count = done = 0
     first: list[str] = []
     items: Iterator = job_sources(options)

@@ -1,16 +1,15 @@
 """What a resumed run must share with the run that wrote its output.
 
-Options are marked where they are declared (`field(..., metadata=RESUME_MUST_MATCH)`)
-rather than listed here, so an option added later that changes the captions or
-the inputs is matched by every engine's resume check as soon as it is marked.
+Options are marked where they are declared (`option(..., resume_must_match=True)`,
+capbatch.option_spec) rather than listed here, so an option added later that
+changes the captions or the inputs is matched by every engine's resume check as
+soon as it is marked.
 """
 
 from __future__ import annotations
 
 from dataclasses import fields, is_dataclass
 from enum import Enum
-
-RESUME_MUST_MATCH = {"resume_must_match": True}
 
 
 def resume_facts(*options: object) -> dict:

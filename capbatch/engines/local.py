@@ -25,14 +25,17 @@ from ..captioner import Captioner
 from ..image_decode import DecodedImage
 from ..job import (
     Decoded,
+    RunHooks,
     RunOptions,
     RunSummary,
     caption_batch,
+    check_same_producer,
     decode_or_reason,
+    existing_output_error,
     job_sources,
     resume_output,
 )
-from ..output import Output, open_output, parts_dir_for
+from ..output import Output, StreamOutput, is_stdout, open_output, parts_dir_for
 from ..sources import IMAGE_EXTENSIONS, SourceItem, archive_kind
 
 # Input bytes read ahead and not yet decoded, at most (one item always goes, whatever
@@ -104,6 +107,79 @@ class _Window:
         self._queue.clear()
 
 
+class LocalRun:
+    """A request on the local engine (capbatch.engines.EngineRun): the output is
+    opened here, once, checked, and handed to run_captioning."""
+
+    def __init__(self, request) -> None:
+        self.request = request
+        options = request.job
+        self.output = open_job_output(options)
+        self.fmt = self.output.fmt
+        if self.fmt == "parquet":
+            from ..output.parquet import import_pyarrow
+
+            import_pyarrow()  # the one-line install hint when pyarrow is missing
+        if is_stdout(options.out) or options.overwrite:
+            return
+        if not options.resuming:
+            if self.output.has_content(self.output.done()):
+                raise existing_output_error(self.output.path)
+            return
+        # A resume of another model's or encoder's rows, refused before the model loads
+        # (the manifest alone names the model); run_captioning checks it again.
+        from ..bundle import resolve_bundle_dir
+        from ..manifest import read_manifest
+
+        model_id = read_manifest(resolve_bundle_dir(request.captioner.model)).model_id
+        check_same_producer(self.output, model_id, request.captioner.encoder_kind)
+
+    def done(self) -> dict[str, str]:
+        return self.output.done()
+
+    def run(self, hooks: RunHooks) -> RunSummary:
+        from ..captioner import Captioner
+
+        options = self.request.job
+        captioner = Captioner.from_args(self.request.captioner, warn=hooks.warn)
+        hooks.say(model_line(captioner))
+        if hooks.on_total is not None:
+            # Counting walks the inputs; on a thread, so the run starts at once.
+            threading.Thread(
+                target=lambda: hooks.on_total(capped(estimate_total(options), options.limit)),
+                daemon=True,
+            ).start()
+        summary = run_captioning(
+            captioner, options, stop=hooks.stop, on_progress=hooks.on_progress,
+            on_start=hooks.on_start, output=self.output,
+        )  # fmt: skip
+        summary.model_id = summary.model_id or captioner.model_id  # also when no row was new
+        summary.encoder = summary.encoder or captioner.encoder_kind
+        return summary
+
+
+def model_line(captioner, state: str = "") -> str:
+    """"model M [ok ]on PROVIDERS, encoder RUNTIME-PRECISION": the run header names who
+    runs the encoder too (an OpenVINO encoder is not one of onnxruntime's providers)."""
+    return (
+        f"model {captioner.model_id} {state}on {', '.join(captioner.providers)}, "
+        f"encoder {captioner.encoder_kind}"
+    )
+
+
+def capped(total: int | None, limit: int | None) -> int | None:
+    return total if total is None or limit is None else min(total, limit)
+
+
+def open_job_output(options: RunOptions) -> Output | StreamOutput:
+    return open_output(
+        options.out,
+        options.fmt,
+        overwrite_sidecars=options.overwrite_sidecars,
+        settings=options.output_settings,
+    )
+
+
 def run_captioning(
     captioner: Captioner,
     options: RunOptions,
@@ -111,19 +187,15 @@ def run_captioning(
     stop: threading.Event | None = None,
     on_progress: Callable[[RunSummary], None] | None = None,
     on_start: Callable[[], None] | None = None,
+    output: Output | StreamOutput | None = None,
 ) -> RunSummary:
     """Caption every input into options.out; returns the summary (never raises per item).
 
     on_start runs once the output is locked and opened (fatal checks passed),
-    on_progress after every written batch.
+    on_progress after every written batch; `output`: options.out already opened.
     """
     stop = stop or threading.Event()
-    output = open_output(
-        options.out,
-        options.fmt,
-        overwrite_sidecars=options.overwrite_sidecars,
-        settings=options.output_settings,
-    )
+    output = output if output is not None else open_job_output(options)
     summary = RunSummary(out=options.out, fmt=output.fmt)
     try:
         # The file --out names (a symbolic link resolved); no lock for stdout.

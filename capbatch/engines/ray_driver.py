@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from ..bundle import bundle_facts
 from ..captioner import CaptionerArgs
-from ..job import Engine, RunOptions, check_engine_options
+from ..job import Engine, RunHooks, RunOptions, check_engine_options
 from ..output import Output, open_output
 from ..output_lock import OutputLock
 from ..rows import OK, Row
@@ -31,7 +32,14 @@ from .ray_options import (
     import_ray,
     ray_session,
 )
-from .ray_plan import OutputLayout, plan_record, plan_shards, plan_work, prepare_output
+from .ray_plan import (
+    OutputLayout,
+    ShardRows,
+    plan_record,
+    plan_shards,
+    plan_work,
+    prepare_output,
+)
 from .ray_stages import caption_stage, shard_dataset
 
 
@@ -149,6 +157,43 @@ def merge_shards(layout: OutputLayout, shard_indices: Sequence[int], chunk: int 
     return written
 
 
+class RayRun:
+    """A request on the Ray engine (capbatch.engines.EngineRun): Ray and the output
+    layout checked here, before the model; the model path made absolute (actors may
+    start in another working directory)."""
+
+    def __init__(self, request) -> None:
+        import_ray()  # without Ray: the one-line install hint, nothing else
+        options = request.job
+        check_engine_options(Engine.ray, options, request.captioner, request.ray)
+        self.request = request
+        self.layout = OutputLayout.for_output(options.out, options.fmt)
+        self.fmt = self.layout.fmt
+        if self.layout.shard_fmt == "parquet" or self.fmt == "parquet":
+            from ..output.parquet import import_pyarrow
+
+            import_pyarrow()
+        if self.layout.merged is not None:
+            open_output(self.layout.merged, self.fmt)  # a link, folder or device refused
+        model = request.captioner.model
+        self.args = replace(
+            request.captioner, model=None if model is None else str(Path(model).resolve())
+        )
+
+    def done(self) -> dict[str, str]:
+        return ShardRows(self.layout).done()
+
+    def run(self, hooks: RunHooks) -> RaySummary:
+        where = self.request.ray.address or "a local Ray instance"
+        hooks.say(f"engine ray on {where}, {self.request.ray.actors} captioning actor(s)")
+        summary = run_on_ray(
+            self.request.job, self.args, self.request.ray, stop=hooks.stop,
+            on_progress=hooks.on_progress, on_start=hooks.on_start,
+        )  # fmt: skip
+        summary.encoder = summary.encoder or self.args.encoder_kind  # also when no row was new
+        return summary
+
+
 def run_on_ray(
     options: RunOptions,
     args: CaptionerArgs,
@@ -166,7 +211,7 @@ def run_on_ray(
     ray_options = ray_options or RayOptions()
     stop = stop or threading.Event()
     import_ray()  # the one-line install hint before anything else
-    check_engine_options(Engine.ray, options.engine_flags())
+    check_engine_options(Engine.ray, options, args, ray_options)
     layout = OutputLayout.for_output(options.out, options.fmt)
     facts = bundle_facts(args.model)
     model_id, spec = facts.model_id, facts.preprocess

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ExitCode, MissingDependencyError, UsageError
 from ..job import RunSummary
+from ..option_spec import ENGINES, option
 from ..providers import Device, cpu_thread_count, parse_device
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'capbatch[ray]'"
@@ -30,8 +31,14 @@ def import_ray():
 class RayOptions:
     """Where and how wide the Ray job runs."""
 
-    address: str | None = None  # None: start a local Ray instance (loopback use only)
-    actors: int = 1  # captioning actors (each loads the bundle once)
+    address: str | None = option(
+        None, "--engine ray: cluster to join (default: local Ray).", panel=ENGINES,
+        flags=("--ray-address",), engine=("ray", ""),
+    )  # fmt: skip
+    actors: int = option(
+        1, "--engine ray: captioning actors (each loads the model once).", panel=ENGINES,
+        min=1, engine=("ray", ""),
+    )  # fmt: skip
     shard_size: int = 256  # non-archive inputs per shard; each archive is its own shard
     shard_retries: int = 2  # task retries of a shard's read + decode before it counts as failed
     num_cpus: int | None = None  # local instance only; None: max(cores, actors + 1)

@@ -15,6 +15,7 @@ one complete part per write() and merges the parts at close().
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +33,7 @@ __all__ = [
     "EXTENSION_FORMATS",
     "FORMATS",
     "Output",
+    "OutputFormat",
     "OutputSettings",
     "StreamOutput",
     "Writer",
@@ -61,6 +63,8 @@ FORMATS: dict[str, type] = {
     "parquet": ParquetWriter,
     "txt": SidecarWriter,
 }
+# The --format choices: the formats above, declared there once.
+OutputFormat = Enum("OutputFormat", {name: name for name in FORMATS}, type=str)
 
 EXTENSION_FORMATS = {
     ".csv": "csv",

@@ -10,19 +10,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..option_spec import OUTPUT, option
 
 
 @dataclass(frozen=True)
 class OutputSettings:
     # CSV: keep cells that start with = + - @ as they are (default: neutralised with
     # a leading ' so a spreadsheet shows them as text instead of running them).
-    csv_raw: bool = False
+    csv_raw: bool = option(
+        False, "CSV: keep cells starting with = + - @ as they are.", panel=OUTPUT
+    )
     # --format txt: the sidecar's extension, and text put around each caption.
-    caption_extension: str = ".txt"
-    sidecar_prefix: str = ""
-    sidecar_suffix: str = ""
-    # --format txt: where archive members' sidecars go (they have no folder of their own).
-    sidecar_dir: Path | None = None
+    caption_extension: str = option(".txt", "--format txt: sidecar file ending.", panel=OUTPUT)
+    sidecar_prefix: str = option("", "--format txt: text before each caption.", panel=OUTPUT)
+    sidecar_suffix: str = option("", "--format txt: text after each caption.", panel=OUTPUT)
+    # Archive members have no folder of their own for a sidecar.
+    sidecar_dir: Path | None = option(
+        None, "--format txt: folder for archive members' sidecars.", panel=OUTPUT
+    )
 
     def __post_init__(self) -> None:
         given = self.caption_extension
