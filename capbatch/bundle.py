@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .decoding import ArrayStepModel, RowState, StepModel, StepOutput
+from .decoding import ArrayStepModel, StepModel
 from .encoder_runtime import (
     REFERENCE,
     check_agreement,
@@ -28,6 +28,23 @@ from .encoder_runtime import (
     other_cpu_warning,
 )
 from .errors import BundleError, MissingDependencyError, UsageError
+from .graph_io import (
+    ENCODER_CHUNK,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    FEATURES,
+    IMAGES,
+    LOG_PROBS,
+    ORT_TYPES,
+    PROJECTED,
+    STEP_INPUTS,
+    STEP_OUTPUTS,
+    TOKENS,
+    BoundStepModel,
+    C,
+    Encoded,
+    H,
+)
 from .manifest import MANIFEST_FILE, GraphEntry, Manifest, VerifiedBundle, open_verified
 from .preprocess import PreprocessSpec
 from .providers import (
@@ -43,31 +60,6 @@ from .vocab import Vocab
 
 DEFAULT_BUNDLE_DIR = Path(__file__).parent / "models" / "default"
 
-# The graph contract of docs/bundle-format.md: what the runtime needs, beyond
-# which a bundle may carry extra outputs (topk_*). A torch-free copy of the names
-# declared in export/specs.py (the runtime does not import the exporter);
-# tests/test_bundle.py checks that the two are equal.
-ENCODER_INPUTS = ("images",)
-ENCODER_OUTPUTS = ("features", "projected", "h0", "c0")
-STEP_INPUTS = ("tokens", "h", "c", "features", "projected")
-STEP_OUTPUTS = ("log_probs", "h_out", "c_out", "alpha")
-# The same names one by one, for the feeds and IO bindings below.
-(IMAGES,) = ENCODER_INPUTS
-TOKENS, H, C, FEATURES, PROJECTED = STEP_INPUTS
-LOG_PROBS, H_OUT, C_OUT, ALPHA = STEP_OUTPUTS
-# Most images per encoder.run on CPU (see Bundle.encode).
-ENCODER_CHUNK = 16
-
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(uint8)": np.uint8,
-}
-
-
 def _stderr_warning(message: str) -> None:
     print(f"capbatch: warning: {message}", file=sys.stderr, flush=True)
 
@@ -80,16 +72,6 @@ def import_onnxruntime():
             "onnxruntime is not installed: pip install 'capbatch[cpu]' (or 'capbatch[gpu]')"
         ) from exc
     return onnxruntime
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """encoder.onnx outputs for a batch of images, computed once per image."""
-
-    features: np.ndarray  # (B, L, D)
-    projected: np.ndarray  # (B, L, A)
-    h0: np.ndarray  # (B, H)
-    c0: np.ndarray  # (B, H)
 
 
 @dataclass
@@ -167,7 +149,7 @@ class Bundle:
         if self.on_cuda:
             return BoundStepModel(self.decoder_step, encoded, self.start_id, self.end_id)
         dtypes = {
-            i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.decoder_step.get_inputs()
+            i.name: ORT_TYPES.get(i.type, np.float32) for i in self.decoder_step.get_inputs()
         }
         session = self.decoder_step
 
@@ -195,91 +177,6 @@ class Bundle:
             as_input(encoded.c0, C),  # (B, H)
             start_id=self.start_id,
             end_id=self.end_id,
-        )
-
-
-class BoundStepModel:
-    """StepModel with IO binding: h/c and the per-row features stay on the device.
-
-    log_probs and alpha come back to the host each step (the loop needs them);
-    h/c only travel when rows are dropped or reordered (beam parents), and
-    features/projected are uploaded once per row->image map. Used on CUDA; with
-    device_type="cpu" the same code runs on any onnxruntime, which is how the
-    tests cover it.
-    """
-
-    def __init__(
-        self,
-        session,
-        encoded: Encoded,
-        start_id: int,
-        end_id: int,
-        *,
-        device_type: str = "cuda",
-        device_id: int = 0,
-    ):
-        import onnxruntime as ort
-
-        self._ort, self._session = ort, session
-        self._device_type, self._device_id = device_type, device_id
-        self._encoded = encoded
-        self.start_id, self.end_id = int(start_id), int(end_id)
-        self.num_images = int(encoded.features.shape[0])
-        self._dtypes = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
-        self._cache_key: bytes | None = None
-        self._rows_inputs: tuple[Any, Any] | None = None
-
-    def _to_device(self, array: np.ndarray, name: str):
-        array = np.ascontiguousarray(array.astype(self._dtypes[name], copy=False))
-        return self._ort.OrtValue.ortvalue_from_numpy(array, self._device_type, self._device_id)
-
-    def _features_for(self, images: np.ndarray):
-        key = images.tobytes()
-        if key != self._cache_key or self._rows_inputs is None:
-            self._rows_inputs = (
-                self._to_device(self._encoded.features[images], FEATURES),  # (R, L, D)
-                self._to_device(self._encoded.projected[images], PROJECTED),  # (R, L, A)
-            )
-            self._cache_key = key
-        return self._rows_inputs
-
-    def initial_state(self) -> RowState:
-        images = np.arange(self.num_images, dtype=np.int64)
-        return RowState(
-            images, self._to_device(self._encoded.h0, H), self._to_device(self._encoded.c0, C)
-        )
-
-    def step(self, tokens: np.ndarray, state: RowState) -> StepOutput:
-        features, projected = self._features_for(state.images)
-        binding = self._session.io_binding()
-        binding.bind_cpu_input(TOKENS, tokens.astype(self._dtypes[TOKENS], copy=False))
-        binding.bind_ortvalue_input(H, state.h)
-        binding.bind_ortvalue_input(C, state.c)
-        binding.bind_ortvalue_input(FEATURES, features)
-        binding.bind_ortvalue_input(PROJECTED, projected)
-        binding.bind_output(LOG_PROBS, "cpu")
-        binding.bind_output(H_OUT, self._device_type, self._device_id)
-        binding.bind_output(C_OUT, self._device_type, self._device_id)
-        binding.bind_output(ALPHA, "cpu")
-        self._session.run_with_iobinding(binding)
-        # get_outputs() follows the order of the bind_output calls above.
-        log_probs, h_out, c_out, alpha = binding.get_outputs()
-        return StepOutput(
-            log_probs.numpy().astype(np.float32, copy=False),
-            alpha.numpy().astype(np.float32, copy=False),
-            RowState(state.images, h_out, c_out),
-        )
-
-    def select(self, state: RowState, rows: np.ndarray) -> RowState:
-        if rows.shape[0] == state.images.shape[0] and np.array_equal(
-            rows, np.arange(rows.shape[0])
-        ):
-            return state
-        # h/c are small (R, H): a host round trip is cheaper than a gather graph.
-        return RowState(
-            state.images[rows],
-            self._to_device(state.h.numpy()[rows], H),
-            self._to_device(state.c.numpy()[rows], C),
         )
 
 

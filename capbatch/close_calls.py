@@ -19,8 +19,9 @@ from dataclasses import astuple
 
 import numpy as np
 
-from .bundle import Bundle, Encoded
+from .bundle import Bundle
 from .decoding import DecodingOptions, Hypothesis, search
+from .graph_io import Encoded
 
 
 def close_call_rows(hypotheses: Sequence[Hypothesis], margin: float) -> np.ndarray:

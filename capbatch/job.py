@@ -1,11 +1,11 @@
-"""The caption job every engine runs: its options, its summary, the per-key resume
-rule, rows for keyed items, the per-batch inference guard, and which options
-each engine accepts.
+"""The caption job every engine runs: what to read and where to write (RunOptions),
+its summary, its hooks, the per-key resume rule, the inputs, which options each
+engine accepts, and signals.
 
-An engine (capbatch.engines.local, capbatch.engines.ray_driver) only schedules:
-it gets items with a key and a path, decodes them, hands batches to
-`caption_batch`, writes the rows through capbatch.output and counts what was
-written with `RunSummary.count`.
+An engine (capbatch.engines) only schedules: it gets items with a key and a
+path, decodes them, hands batches to capbatch.batch_rows.caption_batch, writes
+the rows through capbatch.output and counts what was written with
+`RunSummary.count`.
 """
 
 from __future__ import annotations
@@ -20,14 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Protocol
 
-from .captioner import Captioner, CaptionResult, error_result
-from .errors import ExitCode, InputDecodeError, UsageError
-from .image_decode import DecodedImage, decode_image
+from .errors import ExitCode, UsageError
 from .option_spec import INPUTS, OUTPUT, RUN, default_of, flag_of, option
 from .output import Output, OutputFormat, OutputSettings
-from .preprocess import PreprocessSpec
 from .providers import cpu_thread_count
 from .rows import OK, Row
 from .sources import SourceItem, iter_sources
@@ -328,85 +324,6 @@ def no_inputs_error(options: RunOptions) -> UsageError:
     )
 
 
-# -- rows for keyed items ---------------------------------------------------------------
-
-
-class Keyed(Protocol):
-    """What a row needs to know of its input: capbatch.sources.SourceItem is one."""
-
-    @property
-    def key(self) -> str: ...
-
-    @property
-    def path(self) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class KeyedItem:
-    """A Keyed for engines that carry key and path apart from the source item."""
-
-    key: str
-    path: str | None
-
-
-Decoded = DecodedImage | str  # the encoder's input, or why the input has none
-
-
-def decode_or_reason(data: bytes, spec: PreprocessSpec) -> Decoded:
-    """Image file bytes -> the encoder's input, or the reason there is none (never
-    raises: a decoder bug on one input must not stop the run)."""
-    try:
-        return decode_image(data, spec)
-    except InputDecodeError as exc:
-        return str(exc)
-    except Exception as exc:
-        return f"decode failed: {type(exc).__name__}: {exc}"
-
-
-@dataclass(frozen=True)
-class CaptionedBatch:
-    rows: list[Row]  # one per item, in batch order
-    results: list[CaptionResult]  # one per item (an error result where decoding failed)
-
-
-def infer(captioner: Captioner, images: Sequence[DecodedImage]) -> list[CaptionResult]:
-    """The per-batch inference guard: an onnxruntime failure on a batch becomes error
-    results for its images (the run goes on), never an exception."""
-    try:
-        return captioner.caption_decoded(images)
-    except Exception as exc:
-        reason = f"inference failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-        return [error_result(reason, image.width, image.height) for image in images]
-
-
-def row_for(item: Keyed, result: CaptionResult, model_id: str, encoder: str | None = None) -> Row:
-    return Row(
-        key=item.key,
-        path=item.path,
-        caption=result.caption,
-        score=None if result.score is None else round(result.score, 6),
-        status=result.status,
-        error=result.error,
-        width=result.width,
-        height=result.height,
-        model_id=model_id,
-        encoder=encoder if result.ok else None,
-        domain_distance=None if result.domain_distance is None else round(result.domain_distance, 2),
-        in_domain=result.in_domain,
-        truncated=result.truncated if result.ok else None,
-        repeated=result.repeated if result.ok else None,
-    )
-
-
-def caption_batch(captioner: Captioner, batch: Sequence[tuple[Keyed, Decoded]]) -> CaptionedBatch:
-    """Caption the decoded items of a batch (guarded) -> one row per item, in order."""
-    captioned = iter(infer(captioner, [d for _, d in batch if not isinstance(d, str)]))
-    results = [error_result(d) if isinstance(d, str) else next(captioned) for _, d in batch]
-    model_id, encoder = captioner.model_id, captioner.encoder_kind
-    rows = [row_for(item, result, model_id, encoder) for (item, _), result in zip(batch, results)]
-    return CaptionedBatch(rows, results)
-
-
 # -- signals ----------------------------------------------------------------------------
 
 
@@ -433,24 +350,16 @@ def stop_on_signals(stop: threading.Event):
 
 
 __all__ = [
-    "CaptionedBatch",
-    "Decoded",
     "LOCAL_ONLY_VALUES",
     "Engine",
-    "Keyed",
-    "KeyedItem",
     "RunHooks",
     "RunOptions",
     "RunSummary",
-    "caption_batch",
-    "decode_or_reason",
     "check_engine_options",
     "existing_output_error",
-    "infer",
     "job_sources",
     "no_inputs_error",
     "keys_to_keep",
     "resume_output",
-    "row_for",
     "stop_on_signals",
 ]

@@ -21,16 +21,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..batch_rows import Decoded, caption_batch, decode_or_reason
 from ..captioner import Captioner
 from ..image_decode import DecodedImage
 from ..job import (
-    Decoded,
     RunHooks,
     RunOptions,
     RunSummary,
-    caption_batch,
     check_same_producer,
-    decode_or_reason,
     existing_output_error,
     job_sources,
     resume_output,

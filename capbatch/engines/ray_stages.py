@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..batch_rows import Decoded, KeyedItem, caption_batch, decode_or_reason
 from ..bundle import bundle_facts
 from ..captioner import Captioner, CaptionerArgs
 from ..image_decode import DecodedImage
-from ..job import Decoded, KeyedItem, caption_batch, decode_or_reason
 from ..preprocess import PreprocessSpec
 from ..rows import ROW_FIELDS, parquet_schema
 from ..sources import escape_undecodable, iter_sources
