@@ -304,7 +304,13 @@ def beam_search(model: StepModel, options: DecodingOptions) -> list[list[Hypothe
         row_alphas = new_alphas[keep] if new_alphas is not None else None
         tokens = next_token[keep].astype(np.int64)
 
-    # Live hypotheses at max_len finish as they are, after the finished ones.
+    _finish_live(finished, row_image, row_tokens, row_logprobs, row_score, row_alphas)
+    # sorted() is stable: equal means keep pool order.
+    return [sorted(pool, key=lambda hyp: -hyp.mean_logprob) for pool in finished]
+
+
+def _finish_live(finished, row_image, row_tokens, row_logprobs, row_score, row_alphas) -> None:
+    """Live hypotheses at max_len finish as they are, after the finished ones."""
     for r, image in enumerate(row_image.tolist()):
         alphas = row_alphas[r].copy() if row_alphas is not None else None
         finished[image].append(
@@ -313,8 +319,6 @@ def beam_search(model: StepModel, options: DecodingOptions) -> list[list[Hypothe
                 float(row_score[r]), alphas,
             )  # fmt: skip
         )
-    # sorted() is stable: equal means keep pool order.
-    return [sorted(pool, key=lambda hyp: -hyp.mean_logprob) for pool in finished]
 
 
 def _extend_alphas(

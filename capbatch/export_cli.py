@@ -127,19 +127,10 @@ def export(
     domain = DomainOptions(domain_images, domain_calibration, domain_max_images, domain_stats)
     export_bundles = _import_exporter()
     result = export_bundles(
-        ckpt,
-        out,
-        opset=opset,
-        fp16=fp16,
-        int8=int8,
-        validate=validate,
-        validate_images=validate_images,
-        top_k=top_k,
-        force=force,
-        overwrite=overwrite,
-        name=name,
-        domain=domain,
-    )
+        ckpt, out, opset=opset, fp16=fp16, int8=int8, validate=validate,
+        validate_images=validate_images, top_k=top_k, force=force, overwrite=overwrite,
+        name=name, domain=domain,
+    )  # fmt: skip
     for path in result.bundles:
         for line in summary_lines(path):
             typer.echo(line)

@@ -154,23 +154,25 @@ def export_bundles(
             variant_staged = stack.enter_context(_staging(variant_dir(out_dir, variant), overwrite))
             _write_variant(variant, staged, variant_staged)
             agreement = caption_agreement(reference, _greedy(variant_staged, images, config))
-            if agreement < VARIANT_MIN_AGREEMENT and not force:
-                raise VariantAgreementError(
-                    f"{variant} variant agrees with fp32 on {agreement:.0%} of "
-                    f"{len(images)} validation images (< {VARIANT_MIN_AGREEMENT:.0%}); "
-                    "not written (pass --force to write it anyway)"
-                )
-            finish(
-                variant_staged,
-                variant,
-                {
-                    "images": len(images),
-                    "caption_agreement": agreement,
-                    "min_agreement": VARIANT_MIN_AGREEMENT,
-                    "forced": agreement < VARIANT_MIN_AGREEMENT,
-                },
-            )
+            finish(variant_staged, variant, _variant_gate(variant, agreement, len(images), force))
     return ExportResult(tuple(targets), "" if domain is None else plan.note)
+
+
+def _variant_gate(variant: str, agreement: float, images: int, force: bool) -> dict:
+    """A variant's validation record; VariantAgreementError when its greedy captions
+    agree with fp32's on fewer than VARIANT_MIN_AGREEMENT of the images (unless force)."""
+    if agreement < VARIANT_MIN_AGREEMENT and not force:
+        raise VariantAgreementError(
+            f"{variant} variant agrees with fp32 on {agreement:.0%} of "
+            f"{images} validation images (< {VARIANT_MIN_AGREEMENT:.0%}); "
+            "not written (pass --force to write it anyway)"
+        )
+    return {
+        "images": images,
+        "caption_agreement": agreement,
+        "min_agreement": VARIANT_MIN_AGREEMENT,
+        "forced": agreement < VARIANT_MIN_AGREEMENT,
+    }
 
 
 def _check_arguments(name: str | None, opset: int, targets: list[Path], overwrite: bool) -> None:

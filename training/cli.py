@@ -75,10 +75,8 @@ app.command("eval")(
 def _register_scenes() -> None:
     """`capbatch-train scenes` when the generated-scenes module is present."""
     try:
-        from . import scenes
+        from . import scenes_cli
     except ImportError:
-        return
-    if not hasattr(scenes, "main"):
         return
 
     @app.command(
@@ -88,7 +86,7 @@ def _register_scenes() -> None:
     )
     def scenes_command(ctx: typer.Context) -> None:
         """Generate a scenes dataset (same options as python -m capbatch.training.scenes)."""
-        code = scenes.main(list(ctx.args))
+        code = scenes_cli.main(list(ctx.args))
         if code:
             raise typer.Exit(code)
 
