@@ -16,7 +16,7 @@ finishes. Checked afterwards:
 
 5 % of the images are broken on purpose, so error rows go through resume too.
 Prints a JSON summary per format; exit code 0 when every check held.
-tests/test_reliability_crash.py runs a short version (3 kills, 60 images).
+tests/reliability/test_crash.py runs a short version (3 kills, 60 images).
 """
 
 from __future__ import annotations

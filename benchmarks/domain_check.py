@@ -3,9 +3,9 @@
     python -m capbatch.training.scenes --out /tmp/dc/scenes10k --n 10000 --seed 0
     python benchmarks/domain_check.py lists --scenes /tmp/dc/scenes10k --out /tmp/dc/lists
     python benchmarks/domain_check.py study --scenes /tmp/dc/scenes10k --lists /tmp/dc/lists \
-        --out-json docs/bench/domain_study.json
+        --out-json benchmarks/results/domain_study.json
     python benchmarks/domain_check.py measure --scenes /tmp/dc/scenes10k --lists /tmp/dc/lists \
-        --out-json docs/bench/domain_check.json
+        --out-json benchmarks/results/domain_check.json
 
 `lists` writes the image lists (train: a seeded subset the statistics are fitted
 on; val: sets the threshold; test, test_novel: held out). With the default

@@ -1,6 +1,6 @@
 """Encoder speed with the whole batch in one run vs in chunks (Bundle.encode's ENCODER_CHUNK).
 
-    python benchmarks/encoder_chunk.py --out-json docs/bench/encoder_chunk.json
+    python benchmarks/encoder_chunk.py --out-json benchmarks/results/encoder_chunk.json
 
 Times Bundle.encode on one --batch of photo-like images with each --chunks
 setting in turn, for --rounds interleaved rounds (medians). Peak memory of the

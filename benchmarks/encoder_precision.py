@@ -1,6 +1,6 @@
 """Encoder backends and precisions: speed, FLOPs vs the CPU's peak, and where the time goes.
 
-    python benchmarks/encoder_precision.py --out-json docs/bench/encoder_precision.json
+    python benchmarks/encoder_precision.py --out-json benchmarks/results/encoder_precision.json
     python benchmarks/encoder_precision.py --out-json /tmp/ep.json \\
         --int8-bundle /tmp/pv/int8/bundle-pointwise-percentile   # + an int8 variant bundle
 

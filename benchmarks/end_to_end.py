@@ -1,6 +1,6 @@
 """End-to-end `capbatch caption` throughput vs its two stages alone, and their limit.
 
-    python benchmarks/end_to_end.py --out-json docs/bench/end_to_end.json
+    python benchmarks/end_to_end.py --out-json benchmarks/results/end_to_end.json
 
 On a folder of --images photo-like 1024x768 JPEGs (made by the script, cached):
 

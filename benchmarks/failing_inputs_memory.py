@@ -31,8 +31,8 @@ def main() -> None:
     parser.add_argument("--max-wait-s", type=float, default=300)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    from tests.reliability.test_output_hardening import _empty_tar, _zip_of_zeros
     from tests.runtime_fakes import make_fake_bundle
-    from tests.test_reliability_hardening_outputs import _empty_tar, _zip_of_zeros
 
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)

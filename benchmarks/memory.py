@@ -1,6 +1,6 @@
 """Peak RSS of `capbatch caption` over 1,000 vs 10,000 images, and at batch 64.
 
-    python benchmarks/memory.py --out-json docs/bench/memory.json
+    python benchmarks/memory.py --out-json benchmarks/results/memory.json
 
 Each run is a fresh `python -m capbatch caption --from-list LIST` process; its
 peak resident set size is the kernel's high-water mark VmHWM of that process,

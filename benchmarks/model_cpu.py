@@ -1,6 +1,6 @@
 """Model-only CPU throughput: capbatch runtime vs PyTorch eager, equal work.
 
-    python benchmarks/model_cpu.py --out-json docs/bench/model_cpu.json
+    python benchmarks/model_cpu.py --out-json benchmarks/results/model_cpu.json
 
 Three ways to caption the same random images with the same weights, each doing
 exactly --steps decoder steps per image (<end> is ignored, so no side stops early):

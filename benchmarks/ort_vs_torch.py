@@ -1,7 +1,7 @@
 """Exported vs PyTorch greedy captions on a whole split, not just the export's samples.
 
     python benchmarks/ort_vs_torch.py --ckpt runs/v2/best.pt --bundle runs/v2/bundle \
-        --scenes data/scenes-v2 --split test --out-json docs/bench/ort_vs_torch.json
+        --scenes data/scenes-v2 --split test --out-json benchmarks/results/ort_vs_torch.json
 
 Runs the checkpoint (PyTorch, CPU) and the bundle's two graphs (onnxruntime,
 CPU, the runtime's own greedy loop) on the same preprocessed images, in

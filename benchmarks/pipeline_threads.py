@@ -1,6 +1,6 @@
 """End to end with onnxruntime on all cores vs on fewer threads, beside the decode pool.
 
-    python benchmarks/pipeline_threads.py --out-json docs/bench/pipeline_threads.json
+    python benchmarks/pipeline_threads.py --out-json benchmarks/results/pipeline_threads.json
 
 The decode threads and onnxruntime's intra-op threads time-share the cores; an
 intra-op parallel section waits for its slowest thread, so a decode thread that

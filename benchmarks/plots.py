@@ -1,7 +1,7 @@
 """PNG plots from the benchmark JSON files (needs matplotlib: the `bench` extra).
 
-    python benchmarks/plots.py --model-json docs/bench/model_cpu.json \
-        --e2e-json docs/bench/end_to_end.json --out-dir docs --out-json docs/bench/plots.json
+    python benchmarks/plots.py --model-json benchmarks/results/model_cpu.json \
+        --e2e-json benchmarks/results/end_to_end.json --out-dir docs --out-json benchmarks/results/plots.json
 
 * bench_throughput.png: images/s vs batch size, per configuration: capbatch, PyTorch
   eager batched, and the one-image reference loop (flat: it has no batch);

@@ -1,6 +1,6 @@
 """The same caption job on the local engine and on Ray Data with 1 and 2 actors.
 
-    python benchmarks/ray_scaling.py --out-json docs/bench/ray_scaling.json
+    python benchmarks/ray_scaling.py --out-json benchmarks/results/ray_scaling.json
 
 --images photo-like 1024x768 JPEGs (made and cached by bench_common), listed in
 one list file that every run reads, captioned by the cached Lite0 benchmark

@@ -1,6 +1,6 @@
 """`capbatch report` at scale: generation time and peak RSS, then the page in headless Chromium.
 
-    python benchmarks/report_scale.py --rows 10000 --out-json docs/bench/report_scale.json
+    python benchmarks/report_scale.py --rows 10000 --out-json benchmarks/results/report_scale.json
 
 Makes --distinct 640x480 JPEGs (shapes on noise, photo-like to compress) and a
 CSV of --rows rows cycling over them (2 % error rows, in_domain/truncated

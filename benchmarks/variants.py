@@ -1,6 +1,6 @@
 """Variants on CPU: int8 vs fp32 (speed, caption agreement) and greedy vs beam 3 (cost).
 
-    python benchmarks/variants.py --out-json docs/bench/variants.json
+    python benchmarks/variants.py --out-json benchmarks/results/variants.json
 
 The int8 bundle is `capbatch export --int8`'s variant of the same checkpoint
 (dynamic int8 quantisation of MatMul/Gemm weights). Speed is measured with

@@ -12,7 +12,7 @@ image whose decode, done naively, takes gigabytes or minutes:
     jpeg_many_scans()      progressive JPEG with 10,000 scans
     jpeg_dc_only()         progressive JPEG holding only its first (DC) scan
 
-benchmarks/decode_bounds.py and tests/test_reliability_bounds.py share them.
+benchmarks/decode_bounds.py and tests/reliability/test_bounds.py share them.
 """
 
 from __future__ import annotations

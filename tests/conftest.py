@@ -20,7 +20,7 @@ def reduced(tmp_path, monkeypatch):
 
     Its captions differ from the reference's on some images, as a reduced precision's
     would; the reference encoder kept for close calls is the bundle's own. No openvino
-    needed (tests/test_close_calls.py, test_close_calls_promises.py).
+    needed (tests/runtime/test_close_calls.py, tests/runtime/test_close_calls_redo.py).
     """
     import onnxruntime as ort
 
@@ -37,7 +37,7 @@ def reduced(tmp_path, monkeypatch):
     return bundle
 
 
-if "mutmut" in sys.modules:  # the mutation job (docs/testing.md, benchmarks/mutation.py)
+if "mutmut" in sys.modules:  # the mutation job (docs/testing.md, tools/mutation.py)
     _popen_init = subprocess.Popen.__init__
 
     def _child_outside_the_coverage_pass(self, *args, env=None, **kwargs):

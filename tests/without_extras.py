@@ -1,6 +1,6 @@
 """pytest plugin: run the suite as on a runtime-only install (no torch, no onnx).
 
-    python -m pytest -p tests.without_extras -q tests/test_cli_caption.py
+    python -m pytest -p tests.without_extras -q tests/cli/test_caption.py
 
 Marks the export/train extras' packages as absent (None in sys.modules), so
 importlib.util.find_spec answers None and `import` fails as when not installed:
