@@ -541,8 +541,15 @@ def test_summary_exit_code_interrupt_first_then_errors_or_failed_shards():
 # -- through the CLI, before Ray starts -------------------------------------------------
 
 
+@pytest.fixture
+def ray_installed():
+    """The CLI asks for Ray before it reads the output: without it, the install hint."""
+    pytest.importorskip("ray", reason="needs the ray extra (pip install 'ray[data]')",
+                        exc_type=ImportError)  # fmt: skip
+
+
 def test_cli_resume_of_a_local_engine_output_is_refused_before_ray_starts(
-    bundle, tmp_path, monkeypatch, capsys
+    ray_installed, bundle, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
     Path("photos").mkdir()
@@ -558,7 +565,7 @@ def test_cli_resume_of_a_local_engine_output_is_refused_before_ray_starts(
 
 
 def test_cli_ray_output_with_shard_rows_is_refused_without_resume(
-    bundle, tmp_path, monkeypatch, capsys
+    ray_installed, bundle, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
     Path("photos").mkdir()
