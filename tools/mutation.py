@@ -9,7 +9,7 @@ copy's `[tool.mutmut]` section from the arguments: `--module` narrows
 `only_mutate`, `--tests` replaces the test selection. Without `--module` the
 copy keeps the repository's own `[tool.mutmut]` (the scheduled job's scope).
 Prints a score per module (killed, timed out or crashed over mutants tested) and every
-survivor; docs/testing.md records the results and why each survivor is left.
+survivor; --json keeps them (benchmarks/results/mutation/), docs/testing.md has the scores.
 
 A scheduled / benchmark job, not CI: one module takes minutes to an hour.
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import needs_torch
 
-pytestmark = needs_torch
+pytestmark = [needs_torch, pytest.mark.slow]  # minutes on 2 cores
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import needs_torch
 
-pytestmark = needs_torch
+pytestmark = [needs_torch, pytest.mark.slow]  # minutes on 2 cores
 
 ROOT = Path(__file__).resolve().parents[2]
 V1_COMMIT = "f64085c2b6f31e64ca975c1b2701edbe814feee1"  # reproduce_default.sh's default
