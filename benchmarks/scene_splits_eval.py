@@ -30,7 +30,8 @@ from capbatch.training.scenes import (
     load_scene_records,
     load_splits,
 )
-from capbatch.training.scenes_grammar import SceneFacts, explain_mismatch, parse_caption
+from capbatch.training.scenes_grammar import SceneFacts
+from capbatch.training.scenes_parse import explain_mismatch, parse_caption
 
 from capbatch.captioner import Captioner
 

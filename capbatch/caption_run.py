@@ -142,8 +142,13 @@ def run_cli(request) -> None:
     if isinstance(result, DryRunResult):
         print_dry_run(request, result)
         return
+    end_of_run(result, request.quiet)
+
+
+def end_of_run(result, quiet: bool) -> None:
+    """The lines after a run (report, failed shards, summary) unless quiet; the exit code."""
     summary = result.summary
-    if not request.quiet:
+    if not quiet:
         if result.report is not None:
             echo(f"report of {result.report_rows} rows -> {result.report}")
         if getattr(summary, "failed_shards", None):

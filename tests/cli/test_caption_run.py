@@ -19,10 +19,13 @@ import pytest
 import typer
 
 from capbatch import bundle as bundle_module
-from capbatch.caption_run import Progress, capped, finish, summary_lines
+from capbatch.api import RunResult, finish
+from capbatch.caption_run import Progress, end_of_run, summary_lines
 from capbatch.engines import local as local_engine
+from capbatch.engines.local import capped
 from capbatch.errors import ExitCode
-from capbatch.job import RunOptions, RunSummary
+from capbatch.job import RunHooks, RunOptions, RunSummary
+from capbatch.request import CaptionRequest
 from tests.cli.test_caption import bundle, photos, run_cli  # noqa: F401 (fixtures)
 from tests.report.test_report import page_rows
 
@@ -145,7 +148,7 @@ def test_failed_ray_shards_are_named_first_ten_at_most_then_the_exit_code(capsys
     ended = summary(ok=2, errors=1)
     ended.failed_shards = list(range(12))
     with pytest.raises(typer.Exit) as exit_info:
-        finish(ended, False, None, None, RunOptions(inputs=("photos",), out=tmp_path / "c.csv"))
+        end_of_run(RunResult(ended), quiet=False)
     assert exit_info.value.exit_code == ExitCode.SOME_FAILED
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == (
@@ -158,9 +161,10 @@ def test_failed_ray_shards_are_named_first_ten_at_most_then_the_exit_code(capsys
 def test_quiet_end_prints_nothing_but_keeps_the_exit_code_and_writes_stats(capsys, tmp_path):
     ended = summary(errors=1, reasons=Counter({"truncated PNG": 1}))
     ended.failed_shards = [3]
+    options = RunOptions(inputs=("photos",), out=tmp_path / "c.csv")
+    result = finish(CaptionRequest(job=options, stats_json=tmp_path / "s.json"), ended)
     with pytest.raises(typer.Exit) as exit_info:
-        options = RunOptions(inputs=("photos",), out=tmp_path / "c.csv")
-        finish(ended, True, tmp_path / "s.json", None, options)
+        end_of_run(result, quiet=True)
     assert exit_info.value.exit_code == ExitCode.SOME_FAILED
     assert capsys.readouterr().err == ""
     stats = json.loads((tmp_path / "s.json").read_text())
@@ -168,8 +172,7 @@ def test_quiet_end_prints_nothing_but_keeps_the_exit_code_and_writes_stats(capsy
 
 
 def test_a_whole_run_ends_without_raising(capsys, tmp_path):
-    options = RunOptions(inputs=("photos",), out=tmp_path / "c.csv")
-    finish(summary(ok=2), False, None, None, options)
+    end_of_run(RunResult(summary(ok=2)), quiet=False)
     assert capsys.readouterr().err.startswith("2 captioned, 0 failed")
 
 
@@ -218,7 +221,7 @@ def test_dry_run_prints_the_whole_plan_on_stdout(capsys, bundle, photos, tmp_pat
         f"  {photos / 'b.jpg'}",
         f"  {photos / 'broken.jpg'}",
         f"  {photos / 'nested' / 'deeper' / 'c.png'}",
-        "model fake-0 ok on CPUExecutionProvider",
+        "model fake-0 ok on CPUExecutionProvider, encoder onnxruntime-f32",
     ]
 
 
@@ -317,7 +320,9 @@ def test_the_counted_total_capped_by_limit_reaches_the_progress_line(
 
 @pytest.fixture
 def fake_ray_driver(monkeypatch):
+    pytest.importorskip("ray")
     from capbatch.engines import ray_driver
+    from capbatch.engines.ray_options import RaySummary
 
     calls = []
 
@@ -329,40 +334,53 @@ def fake_ray_driver(monkeypatch):
         calls.append((options, args, ray_options, (was_set, stop.is_set()), handler))
         on_start()
         on_progress(DONE)
-        return "the driver's summary"
+        return RaySummary(out=options.out, fmt="csv")
 
     monkeypatch.setattr(ray_driver, "run_on_ray", run_on_ray)
     return calls
 
 
-def test_caption_on_ray_says_where_and_hands_the_driver_its_options(capsys, fake_ray_driver):
-    from capbatch.caption_run import caption_on_ray
+def test_the_ray_engine_says_where_and_hands_the_driver_its_options(
+    capsys, fake_ray_driver, bundle, photos, tmp_path
+):
+    from capbatch.api import caption
+    from capbatch.cli_options import build
 
     before = signal.getsignal(signal.SIGTERM)
-    options, args = RunOptions(inputs=("photos",), out=Path("o.csv")), object()
-    assert caption_on_ray(options, args, False, address=None, actors=None) == "the driver's summary"
-    assert caption_on_ray(options, args, True, address="ray://head:10001", actors=3)
-    lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "engine ray on a local Ray instance, 1 captioning actor(s)"
-    assert re.match(r"^\S captioning ━+ 4/\? 2\.5 img/s 1 errors", lines[1])
-    assert len(lines) == 2  # quiet: neither line
-    (first, second) = fake_ray_driver
-    assert first[:2] == (options, args) and second[:2] == (options, args)
-    assert (first[2].address, first[2].actors) == (None, 1)
-    assert (second[2].address, second[2].actors) == ("ray://head:10001", 3)
-    assert first[3] == (False, True) and first[4] is not before  # capbatch's handler
+    lines = []
+    common = {"inputs": [str(photos)], "engine": "ray", "model": bundle}
+    first = build(CaptionRequest, {**common, "out": tmp_path / "a.csv"})
+    second = build(
+        CaptionRequest,
+        {**common, "out": tmp_path / "b.csv", "address": "ray://head:10001", "actors": 3},
+    )
+    for request in (first, second):
+        with Progress(quiet=False) as shown:
+            hooks = RunHooks(on_start=shown.start, on_progress=shown.update, say=lines.append,
+                             handle_signals=True)  # fmt: skip
+            result = caption(request, hooks)
+        assert result.summary.encoder == "onnxruntime-f32"  # named when no row was new
+    assert lines == [
+        "engine ray on a local Ray instance, 1 captioning actor(s)",
+        "engine ray on ray://head:10001, 3 captioning actor(s)",
+    ]
+    assert re.match(r"^\S captioning ━+ 4/\? 2\.5 img/s 1 errors", capsys.readouterr().err)
+    (one, two) = fake_ray_driver
+    assert one[0] == first.job and two[0] == second.job
+    assert one[1].model == str(Path(bundle).resolve())  # absolute for the actors
+    assert (one[2].address, one[2].actors) == (None, 1)
+    assert (two[2].address, two[2].actors) == ("ray://head:10001", 3)
+    assert one[3] == (False, True) and one[4] is not before  # capbatch's handler
     assert signal.getsignal(signal.SIGTERM) is before  # and the previous one after
 
 
-def test_caption_on_ray_refuses_bad_ray_options_in_one_line(fake_ray_driver):
-    from capbatch.caption_run import caption_on_ray
+def test_bad_ray_options_are_refused_in_one_line():
+    from capbatch.cli_options import build
     from capbatch.errors import UsageError
 
-    options = RunOptions(inputs=("photos",), out=Path("o.csv"))
     with pytest.raises(UsageError) as raised:
-        caption_on_ray(options, object(), True, address=None, actors=-2)
+        build(CaptionRequest, {"inputs": ["photos"], "engine": "ray", "actors": -2})
     assert str(raised.value) == "actors must be an integer >= 1, got -2"
-    assert fake_ray_driver == []
 
 
 def test_the_model_line_names_every_provider(capsys, bundle, photos, tmp_path, monkeypatch):
@@ -373,11 +391,11 @@ def test_the_model_line_names_every_provider(capsys, bundle, photos, tmp_path, m
     monkeypatch.setattr(Captioner, "providers", two)
     out = tmp_path / "c.csv"
     _, _, err = run_cli(capsys, "caption", photos, "--out", out, "--model", bundle)
-    assert err.splitlines()[0] == "model fake-0 on CUDAExecutionProvider, CPUExecutionProvider"
+    assert err.splitlines()[0] == "model fake-0 on CUDAExecutionProvider, CPUExecutionProvider, encoder onnxruntime-f32"
     _, stdout, _ = run_cli(capsys, "caption", photos, "--out", tmp_path / "d.csv",
                            "--model", bundle, "--dry-run")  # fmt: skip
     assert stdout.splitlines()[-1] == (
-        "model fake-0 ok on CUDAExecutionProvider, CPUExecutionProvider"
+        "model fake-0 ok on CUDAExecutionProvider, CPUExecutionProvider, encoder onnxruntime-f32"
     )
 
 
@@ -421,7 +439,7 @@ def test_a_folder_without_write_and_search_permission_is_refused(
     capsys, bundle, photos, tmp_path, monkeypatch
 ):
     # Root may write anywhere, so the permission check is observed where it asks.
-    import capbatch.caption_run as module
+    import capbatch.write_targets as module
 
     asked = []
     real_access = os.access
@@ -433,7 +451,8 @@ def test_a_folder_without_write_and_search_permission_is_refused(
         return mode != os.W_OK | os.X_OK  # this folder: readable, not writable
 
     monkeypatch.setattr(module.os, "access", access)
-    code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "c.csv",
+    (tmp_path / "out").mkdir()
+    code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "out" / "c.csv",
                            "--model", bundle, "--stats-json", tmp_path / "s.json")  # fmt: skip
     assert (code, err) == (
         ExitCode.FATAL,

@@ -14,9 +14,9 @@ from capbatch.export.precision import record_runtime_agreement
 from PIL import Image
 
 import capbatch.bundle as bundle_module
+from capbatch.batch_rows import infer
 from capbatch.captioner import Captioner, CaptionerArgs, repeats_back_to_back
 from capbatch.errors import UsageError
-from capbatch.job import infer
 from capbatch.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,18 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from capbatch.captioner import Captioner
+from capbatch.batch_rows import KeyedItem, caption_batch
+from capbatch.captioner import Captioner, CaptionerArgs
+from capbatch.engines.ray_options import RayOptions
 from capbatch.errors import UsageError
 from capbatch.image_decode import DecodedImage
-from capbatch.job import (
-    ENGINE_ONLY,
-    Engine,
-    KeyedItem,
-    RunOptions,
-    caption_batch,
-    check_engine_options,
-    resume_output,
-)
+from capbatch.job import LOCAL_ONLY_VALUES, Engine, RunOptions, check_engine_options, resume_output
 from capbatch.output import open_output
 from capbatch.rows import Row
 from tests.runtime_fakes import make_fake_bundle
@@ -60,15 +54,15 @@ def test_inference_failure_becomes_error_rows_not_an_exception(captioner, monkey
 
 
 def test_engine_only_options_are_checked_in_one_place():
-    check_engine_options(Engine.local, ["--workers", "--threads", "--attention-dir"])
-    check_engine_options("ray", ["--actors", "--ray-address"])
+    local = RunOptions(inputs=("x",), workers=2, attention_dir="maps")
+    check_engine_options(Engine.local, local, CaptionerArgs(intra_op_threads=2))
+    check_engine_options("ray", RayOptions(actors=2, address="auto"))
     with pytest.raises(UsageError, match="--actors needs --engine ray"):
-        check_engine_options(Engine.local, ["--actors"])
+        check_engine_options(Engine.local, RayOptions(actors=2))
     with pytest.raises(UsageError, match="--workers applies to the local engine only"):
-        check_engine_options(Engine.ray, ["--workers"])
-    options = RunOptions(inputs=("x",), fmt="txt", workers=2, attention_dir="maps")
-    assert set(options.engine_flags()) == {"--format txt", "--workers", "--attention-dir"}
-    assert set(options.engine_flags()) <= set(ENGINE_ONLY)
+        check_engine_options(Engine.ray, RunOptions(inputs=("x",), workers=2))
+    options = RunOptions(inputs=("x",), fmt="txt", out="-")
+    assert set(options.local_only_values()) == {"--format txt", "--out -"} == set(LOCAL_ONLY_VALUES)
 
 
 def row(key: str, status: str = "ok") -> Row:

@@ -8,23 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from capbatch import job
+from capbatch import batch_rows
+from capbatch.batch_rows import KeyedItem, decode_or_reason, row_for
 from capbatch.captioner import CaptionResult
+from capbatch.engines import open_engine
+from capbatch.engines.ray_options import RayOptions
 from capbatch.errors import InputDecodeError, UsageError
 from capbatch.job import (
     Engine,
-    KeyedItem,
     RunOptions,
     RunSummary,
     check_engine_options,
-    decode_or_reason,
     job_sources,
     resume_output,
-    row_for,
 )
 from capbatch.output import open_output
-from capbatch.preflight import check_inputs_exist, check_not_empty, check_output, dry_run
+from capbatch.preflight import check_inputs_exist, check_not_empty, dry_run
 from capbatch.preprocess import PreprocessSpec
+from capbatch.request import CaptionRequest
 from tests.cli.test_caption_options import png
 
 RESUME_HINT = (
@@ -72,11 +73,12 @@ def test_a_limit_of_one_is_allowed():
 
 
 def test_every_flag_of_the_wrong_engine_is_checked_not_only_the_first():
-    check_engine_options(Engine.local, ["--workers", "--limit"])
+    local_only = RunOptions(inputs=("x",), workers=2, limit=3)
+    check_engine_options(Engine.local, local_only)
     with pytest.raises(UsageError, match=r"^--actors needs --engine ray$"):
-        check_engine_options(Engine.local, ["--workers", "--actors"])
+        check_engine_options(Engine.local, local_only, RayOptions(actors=2))
     with pytest.raises(UsageError, match=r"^--limit applies to the local engine only \(Ray reads"):
-        check_engine_options(Engine.ray, ["--actors", "--limit"])
+        check_engine_options(Engine.ray, RunOptions(inputs=("x",), limit=3), RayOptions(actors=2))
 
 
 # -- decoding and rows ---------------------------------------------------------------------
@@ -85,13 +87,13 @@ def test_every_flag_of_the_wrong_engine_is_checked_not_only_the_first():
 def test_decode_or_reason_gives_the_reason_text(monkeypatch):
     spec = PreprocessSpec(size=32)
     monkeypatch.setattr(
-        job,
+        batch_rows,
         "decode_image",
         lambda data, spec: (_ for _ in ()).throw(InputDecodeError("empty file (0 bytes)")),
     )
     assert decode_or_reason(b"", spec) == "empty file (0 bytes)"
     monkeypatch.setattr(
-        job, "decode_image", lambda data, spec: (_ for _ in ()).throw(ValueError("bad bits"))
+        batch_rows, "decode_image", lambda data, spec: (_ for _ in ()).throw(ValueError("bad bits"))
     )
     assert decode_or_reason(b"x", spec) == "decode failed: ValueError: bad bits"
 
@@ -152,7 +154,7 @@ def test_an_existing_output_is_refused_by_its_path(tmp_path):
         resume_output(output, RunOptions(inputs=("x",), out=out))
     assert str(caught.value) == f"{out} already exists; {RESUME_HINT}"
     with pytest.raises(UsageError) as caught:
-        check_output(RunOptions(inputs=("x",), out=out), Engine.local)
+        open_engine(CaptionRequest(job=RunOptions(inputs=("x",), out=out)))
     assert str(caught.value) == f"{out} already exists; {RESUME_HINT}"
 
 
@@ -185,21 +187,21 @@ def test_only_parquet_needs_pyarrow(tmp_path, monkeypatch):
 
     for name in ("pyarrow", "pyarrow.compute", "pyarrow.parquet"):
         monkeypatch.setitem(sys.modules, name, None)
-    check_output(RunOptions(inputs=("x",), out=tmp_path / "o.csv"), Engine.local)
+    open_engine(CaptionRequest(job=RunOptions(inputs=("x",), out=tmp_path / "o.csv")))
     with pytest.raises(MissingDependencyError):
-        check_output(RunOptions(inputs=("x",), out=tmp_path / "o.parquet"), Engine.local)
+        open_engine(CaptionRequest(job=RunOptions(inputs=("x",), out=tmp_path / "o.parquet")))
 
 
 def test_dry_run_counts_done_keys_and_shows_the_first_five(folder, tmp_path):
     out = tmp_path / "o.jsonl"
     out.write_text('{"key": "in/1.png", "status": "ok"}\n{"key": "in/2.png", "status": "error"}\n')
-    output = open_output(out, None)
-    plan = dry_run(RunOptions(inputs=("in",), out=out, resume=True), output)
+    done = open_output(out, None).done()
+    plan = dry_run(RunOptions(inputs=("in",), out=out, resume=True), done)
     assert (plan.inputs, plan.already_done) == (8, 2)
     assert plan.first_keys == ("in/0.png", "in/1.png", "in/2.png", "in/3.png", "in/4.png")
-    retry = dry_run(RunOptions(inputs=("in",), out=out, retry_errors=True), output)
+    retry = dry_run(RunOptions(inputs=("in",), out=out, retry_errors=True), done)
     assert retry.already_done == 1  # the error row is redone
-    fresh = dry_run(RunOptions(inputs=("in",), out=out, overwrite=True), output)
+    fresh = dry_run(RunOptions(inputs=("in",), out=out, overwrite=True), done)
     assert fresh.already_done == 0
 
 

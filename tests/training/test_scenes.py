@@ -27,11 +27,11 @@ from capbatch.training.scenes import (
     load_scene_facts,
     load_scene_records,
     load_splits,
-    main,
     novel_reasons,
     relation_key,
     render_scene,
 )
+from capbatch.training.scenes_cli import main
 from capbatch.training.scenes_grammar import (
     COLOURS,
     PREDICATES,
@@ -41,10 +41,12 @@ from capbatch.training.scenes_grammar import (
     ObjectFact,
     SceneFacts,
     caption_templates,
-    explain_mismatch,
-    facts_match,
     grammar_vocabulary,
     make_relation,
+)
+from capbatch.training.scenes_parse import (
+    explain_mismatch,
+    facts_match,
     mismatch_counts,
     parse_caption,
     semantic_accuracy,

@@ -28,8 +28,10 @@ from capbatch.training.scenes_grammar import (
     ObjectFact,
     SceneFacts,
     caption_templates,
-    explain_mismatch,
     make_relation,
+)
+from capbatch.training.scenes_parse import (
+    explain_mismatch,
     mismatch_counts,
     parse_caption,
     semantic_accuracy,

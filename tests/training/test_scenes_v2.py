@@ -18,9 +18,16 @@ from capbatch.training.scenes import (
     generate_dataset,
     load_scene_records,
     load_splits,
-    main,
 )
-from capbatch.training.scenes_grammar import COLOURS, SHAPES, SceneFacts, facts_match
+from capbatch.training.scenes_cli import main
+from capbatch.training.scenes_grammar import (
+    COLOURS,
+    SHAPES,
+    SceneFacts,
+)
+from capbatch.training.scenes_parse import (
+    facts_match,
+)
 from capbatch.training.scenes_semantics import (
     COLOUR_REGIONS,
     LARGE_RANGE,
