@@ -66,7 +66,7 @@ RUNS: dict[str, Run] = {
     ),
     "core": run(
         "capbatch/rows.py capbatch/job.py capbatch/stats.py capbatch/preflight.py "
-        "capbatch/vocab.py capbatch/errors.py capbatch/output/settings.py",
+        "capbatch/vocab.py capbatch/errors.py capbatch/output/settings.py capbatch/batch_rows.py",
         "tests/runtime/test_job.py tests/engines/test_local.py tests/cli/test_caption_habits.py "
         "tests/cli/test_trust_signals.py tests/output/test_round_trips.py tests/cli/test_caption.py "
         "tests/runtime/test_decoding.py tests/cli/test_caption_options.py tests/runtime/test_stats.py "
@@ -110,7 +110,7 @@ RUNS: dict[str, Run] = {
         "tests/runtime/test_bundle.py tests/reliability/test_model_integrity.py tests/runtime/test_manifest.py",
     ),
     "bundle": run(
-        "capbatch/bundle.py",
+        "capbatch/bundle.py capbatch/graph_io.py",
         "tests/runtime/test_bundle.py tests/reliability/test_model_integrity.py tests/runtime/test_bundle_sessions.py",
     ),
     "domain": run(
@@ -163,6 +163,18 @@ RUNS: dict[str, Run] = {
         "capbatch/caption_cli.py capbatch/caption_run.py",
         f"{CLI_TESTS} tests/cli/test_caption_run.py tests/cli/test_caption_command.py",
     ),
+    "request": run(
+        "capbatch/request.py capbatch/option_spec.py capbatch/cli_options.py capbatch/api.py "
+        "capbatch/resume_facts.py capbatch/engines/__init__.py",
+        "tests/request/test_caption_request.py tests/resume/test_resume_matches.py "
+        "tests/cli/test_caption_run.py tests/cli/test_caption_command.py tests/cli/test_caption.py "
+        "tests/cli/test_caption_options.py tests/runtime/test_job.py tests/runtime/test_job_checks.py",
+    ),
+    "write_targets": run(
+        "capbatch/write_targets.py",
+        "tests/writing/test_side_outputs.py tests/writing/test_write_file.py "
+        "tests/cli/test_caption_run.py tests/cli/test_caption_command.py",
+    ),
     "info_cli": run(
         "capbatch/info_cli.py",
         "tests/cli/test_caption.py tests/cli/test_caption_habits.py tests/cli/test_caption_options.py "
@@ -188,7 +200,8 @@ RUNS: dict[str, Run] = {
         "capbatch/output/durable.py",
         "tests/output/test_durable.py tests/output/test_round_trips.py "
         "tests/reliability/test_output_hardening.py tests/engines/test_local.py "
-        "tests/output/test_sidecars.py tests/reliability/test_unwritable_outputs.py",
+        "tests/output/test_sidecars.py tests/reliability/test_unwritable_outputs.py "
+        "tests/writing/test_write_file.py tests/writing/test_side_outputs.py",
     ),
     "output_lock": run(
         "capbatch/output_lock.py",

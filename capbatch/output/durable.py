@@ -210,7 +210,7 @@ def _refuse_non_file(name: str, dir_fd: int, target: Path) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(info.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "is a directory", str(target))
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
     for test, kind in _KINDS:
         if test(info.st_mode):
             raise OutputError(f"{target} is {kind}; capbatch writes regular files only")

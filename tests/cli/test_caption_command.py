@@ -13,7 +13,7 @@ import warnings
 import pytest
 from PIL import Image
 
-from capbatch import caption_run
+from capbatch import api
 from capbatch.engines import ray_options
 from capbatch.errors import ExitCode
 from capbatch.job import RunSummary
@@ -91,23 +91,25 @@ def test_engine_ray_gets_the_options_and_an_absolute_model_path(
     resolved for them; the run itself is tests/engines/test_ray.py's (slow) business."""
     calls = []
 
-    def fake_ray_run(options, args, quiet, *, address, actors):
-        calls.append((options.out, options.inputs, args.model, args.batch_size, quiet,
-                       address, actors))  # fmt: skip
+    from capbatch.engines import ray_driver
+
+    def fake_ray_run(options, args, ray, *, stop, on_progress, on_start):
+        calls.append((options.out, options.inputs, args.model, args.batch_size,
+                      ray.address, ray.actors))  # fmt: skip
         return RunSummary(out=options.out, fmt="jsonl", ok=1)
 
-    monkeypatch.setattr(caption_run, "caption_on_ray", fake_ray_run)
-    monkeypatch.setattr(ray_options, "import_ray", lambda: None)
+    monkeypatch.setattr(ray_driver, "run_on_ray", fake_ray_run)
+    monkeypatch.setattr(ray_driver, "import_ray", lambda: None)
     monkeypatch.chdir(bundle.parent)
     code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "o.jsonl",
                            "--model", bundle.name, "--engine", "ray", "--ray-address", "auto",
                            "--actors", "3", "--batch-size", "5", "-q")  # fmt: skip
     assert (code, err) == (ExitCode.OK, "")
     assert calls == [
-        (tmp_path / "o.jsonl", (str(photos),), str(bundle.resolve()), 5, True, "auto", 3)
+        (tmp_path / "o.jsonl", (str(photos),), str(bundle.resolve()), 5, "auto", 3)
     ]
     # Without --model the actors load the built-in model themselves: nothing to resolve.
-    monkeypatch.setattr(caption_run, "model_notice", lambda model: None)
+    monkeypatch.setattr(api, "model_notice", lambda model: None)
     code, _, err = run_cli(capsys, "caption", photos, "--out", tmp_path / "p.jsonl",
                            "--engine", "ray", "-q")  # fmt: skip
     assert (code, err) == (ExitCode.OK, "")

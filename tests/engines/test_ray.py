@@ -129,7 +129,7 @@ def test_output_layout(tmp_path):
         "parquet",
     )
     with pytest.raises(UsageError, match="sidecars"):
-        check_engine_options(Engine.ray, RunOptions(inputs=("x",), fmt="txt").engine_flags())
+        check_engine_options(Engine.ray, RunOptions(inputs=("x",), fmt="txt"))
 
 
 def test_shard_with_missing_rows_is_failed_not_done(tmp_path):

@@ -85,7 +85,7 @@ def test_csv_with_bytes_that_are_not_utf8_still_resumes(tmp_path):
     out = tmp_path / "rows.csv"
     _write(CsvWriter, out, _row("a.jpg"))
     with open(out, "ab") as handle:  # a row another tool wrote in Latin-1
-        handle.write(b"caf\xe9.jpg,/data/caf\xe9.jpg,a cat,-1.0,ok,,8,6,m-1,,,,,\r\n")
+        handle.write(b"caf\xe9.jpg,/data/caf\xe9.jpg,a cat,-1.0,ok,,8,6,m-1,,,,,,\r\n")
     done = CsvWriter.read_done(out)
     assert done == {"a.jpg": "ok", "caf\ufffd.jpg": "ok"}
 
@@ -94,14 +94,14 @@ def test_csv_with_a_broken_quote_mid_file_is_refused_and_one_at_the_end_is_torn(
     out = tmp_path / "rows.csv"
     _write(CsvWriter, out, _row("a.jpg"), _row("b.jpg"))
     good = out.read_bytes()
-    out.write_bytes(good + b'"c.jpg"x,/p,cap,-1.0,ok,,8,6,m-1,,,,,\r\n' + good.split(b"\n", 1)[1])
+    out.write_bytes(good + b'"c.jpg"x,/p,cap,-1.0,ok,,8,6,m-1,,,,,,\r\n' + good.split(b"\n", 1)[1])
     assert _refusal(lambda: CsvWriter.read_done(out)).startswith(f"{out} is not a readable CSV: ")
     out.write_bytes(good + b'c.jpg,/p,"a caption cut off by a cra')
     assert CsvWriter.read_done(out) == {"a.jpg": "ok", "b.jpg": "ok"}
     writer = CsvWriter(out, append=True)  # the torn record is cut before appending
     writer.write([_row("c.jpg")])
     writer.close()
-    assert out.read_bytes() == good + b"c.jpg,/data/c.jpg,a red circle,-1.5,ok,,8,6,m-1,,,,,\r\n"
+    assert out.read_bytes() == good + b"c.jpg,/data/c.jpg,a red circle,-1.5,ok,,8,6,m-1,,,,,,\r\n"
 
 
 def test_csv_with_another_header_is_refused_naming_its_first_columns(tmp_path):

@@ -161,6 +161,6 @@ def test_write_and_merge_errors_are_one_line_naming_the_output(tmp_path):
 def test_an_output_whose_folder_cannot_be_made_is_one_line(tmp_path):
     (tmp_path / "file").write_text("")
     out = tmp_path / "file" / "rows.parquet"
-    assert (
-        _refusal(lambda: ParquetWriter(out, append=False)) == f"cannot write {out}: Not a directory"
+    assert _refusal(lambda: ParquetWriter(out, append=False)) == (
+        f"cannot use the Parquet parts folder {out}.parts: Not a directory"
     )

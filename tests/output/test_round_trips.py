@@ -110,6 +110,7 @@ def test_csv_round_trip_with_tricky_text(tmp_path):
         "width": "640",
         "height": "480",
         "model_id": "scenes-lite0-abc",
+        "encoder": "",
         "domain_distance": "",
         "in_domain": "",
         "truncated": "",

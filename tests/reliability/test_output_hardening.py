@@ -18,6 +18,7 @@ import sys
 import tarfile
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,9 @@ def test_parquet_resume_failing_before_the_first_row_keeps_saved_rows(capsys, bu
     out = tmp_path / "rows.parquet"
     killed = open_output(out, "parquet")
     killed.begin(append=False)
-    killed.write([row("k1"), row("k2")])  # never closed: the run was killed, rows in parts
+    # Rows of the fake bundle's model (a resume of another model's rows is refused first).
+    saved = [replace(row(k), model_id="fake-0", encoder="onnxruntime-f32") for k in ("k1", "k2")]
+    killed.write(saved)  # never closed: the run was killed, rows in parts
     assert open_output(out, "parquet").done() == {"k1": "ok", "k2": "ok"}
 
     code, err = run_cli(

@@ -25,6 +25,7 @@ import pytest
 
 from capbatch.attention_maps import save_attention_map
 from capbatch.errors import OutputError
+from capbatch.output import durable
 from capbatch.report import build, images, write_report
 from capbatch.report.build import TEMPLATES, ReportOptions, _page_context, _RowWriter
 from capbatch.report.rows import RowStream, open_rows
@@ -449,20 +450,22 @@ def test_the_result_says_how_long_the_report_took(tmp_path):
 def test_the_page_is_written_beside_its_place_then_renamed(tmp_path, monkeypatch):
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    renamed: list[tuple[Path, Path]] = []
+    renamed: list[tuple[str, str, int]] = []
     real_replace = os.replace
 
-    def replace(source, target):
-        renamed.append((Path(source), Path(target)))
-        real_replace(source, target)
+    def replace(source, target, *, src_dir_fd=None, dst_dir_fd=None):
+        # Names relative to the target's folder, opened once (capbatch/output/durable.py).
+        assert src_dir_fd is not None and src_dir_fd == dst_dir_fd
+        renamed.append((source, target, os.path.realpath(f"/proc/self/fd/{src_dir_fd}")))
+        real_replace(source, target, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
-    monkeypatch.setattr(build.os, "replace", replace)
+    monkeypatch.setattr(durable.os, "replace", replace)
     run = write_csv(tmp_path / "run.csv", [record("a.png")])
     out = tmp_path / "site" / "deep" / "r.html"  # folders that do not exist yet
     write_report(run, out)
-    ((temporary, target),) = renamed
-    assert target == out and temporary.parent == out.parent
-    assert temporary.name.startswith(".r.html.") and temporary.name.endswith(".tmp")
+    ((temporary, target, folder),) = renamed
+    assert target == "r.html" and folder == str(out.parent)
+    assert temporary.startswith(".r.html.tmp-") and "/" not in temporary
     assert sorted(p.name for p in out.parent.iterdir()) == ["r.html"]
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
     assert page_rows(out)[0]["key"] == "a.png"
@@ -474,7 +477,7 @@ def test_a_folder_that_cannot_be_made_is_an_output_error(tmp_path):
     out = tmp_path / "file" / "r.html"
     with pytest.raises(OutputError) as caught:
         write_report(run, out)
-    assert str(caught.value) == f"cannot write {out}: File exists"
+    assert str(caught.value) == f"cannot write {out}: Not a directory"
 
 
 def test_a_page_that_cannot_be_put_in_place_leaves_nothing_behind(tmp_path):

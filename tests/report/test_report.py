@@ -183,7 +183,7 @@ def test_header_counts_errors_by_reason_and_flags_when_present(tmp_path):
     assert 'id="count-repeated">1 (20.0 %)' in text and 'id="repeated"' in text
     assert [row.get("repeated") for row in page_rows(result.out)] == [True, False, None, None, None]
     groups = {g.pattern: g.count for g in result.summary.reasons}
-    assert groups == {"image too large: N pixels > limit N": 2, "empty file (N bytes)": 1}
+    assert groups == {"image too large: # pixels > limit #": 2, "empty file (# bytes)": 1}
     assert [row.get("reason") for row in page_rows(result.out)] == [None, None, 0, 0, 1]
 
     plain = write_report(write_csv(tmp_path / "p.csv", records[:1]), tmp_path / "p.html")

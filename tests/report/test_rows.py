@@ -282,8 +282,8 @@ def test_a_parquet_suffix_in_capitals_is_parquet(tmp_path):
         (b'{"key": "a.png"}\n', "jsonl", ["a.png"]),
         (b' \t\r\n\n{"key": "a.png"}\n', "jsonl", ["a.png"]),  # leading blank space
         (b"key,caption\na.png,x\n", "csv", ["a.png"]),
-        (b"", "csv", []),
-        (b"[1]\n", "csv", []),  # no row at all: a header alone
+        (b"", "csv", []),  # an empty run
+        (b"key,caption\n", "csv", []),  # a header alone: no row yet
     ],
 )
 def test_an_output_without_a_known_suffix_is_recognised_by_its_first_bytes(
@@ -293,6 +293,14 @@ def test_an_output_without_a_known_suffix_is_recognised_by_its_first_bytes(
     out.write_bytes(head)
     stream = open_rows(out)
     assert (stream.fmt, keys(stream)) == (fmt, found)
+
+
+@pytest.mark.parametrize("head", [b"[1]\n", b"# notes\n\nsome text\n", b'{"event": 1}\n'])
+def test_a_file_without_a_key_column_is_not_a_run_output(tmp_path, head):
+    out = tmp_path / "notes.out"
+    out.write_bytes(head)
+    with pytest.raises(UsageError, match=r"is not a capbatch run output \(no key column\)"):
+        open_rows(out)
 
 
 def test_a_byte_order_mark_does_not_hide_a_jsonl_output(tmp_path):

@@ -48,6 +48,7 @@ def test_stats_record_is_the_documented_document_exactly():
     assert record == {
         "stats_version": 1,
         "model_id": "m-1",
+        "encoder": None,
         "out": "out/o.csv",
         "format": "csv",
         "started_at": "1970-01-01T00:00:00+00:00",
@@ -111,7 +112,7 @@ def test_write_stats_failure_is_one_output_error_and_leaves_no_temporary(tmp_pat
     blocked = tmp_path / "file" / "stats.json"  # its folder is a file
     with pytest.raises(OutputError) as caught:
         write_stats(blocked, {"rows": 1})
-    assert str(caught.value) == f"cannot write --stats-json {blocked}: File exists"
+    assert str(caught.value) == f"cannot write --stats-json {blocked}: Not a directory"
     target = tmp_path / "a-folder.json"
     target.mkdir()  # the rename onto it fails after the temporary was written
     with pytest.raises(OutputError, match=r"^cannot write --stats-json .*a-folder\.json: "):

@@ -63,10 +63,16 @@ def test_a_link_as_a_side_output_is_refused_before_the_model_and_its_target_kept
     assert not (tmp_path / "c.csv").exists()
 
 
-def test_dev_stdout_as_stats_is_refused_not_replaced_by_a_file(capsys, bundle, photos, tmp_path):
-    code, _, err = caption(capsys, bundle, photos, tmp_path / "c.csv", "--stats-json", "/dev/stdout")
-    assert code == ExitCode.FATAL and "--stats-json /dev/stdout is a symbolic link" in err
-    assert os.path.islink("/dev/stdout")
+def test_a_link_to_the_processs_stdout_is_refused_not_replaced_by_a_file(
+    capsys, bundle, photos, tmp_path
+):
+    # What /dev/stdout is, planted in tmp_path: a regression must not replace the
+    # machine's own /dev/stdout with a regular file (as root it could).
+    stdout = tmp_path / "stdout"
+    stdout.symlink_to("/proc/self/fd/1")
+    code, _, err = caption(capsys, bundle, photos, tmp_path / "c.csv", "--stats-json", stdout)
+    assert code == ExitCode.FATAL and f"--stats-json {stdout} is a symbolic link" in err
+    assert stdout.is_symlink()
 
 
 def test_links_planted_at_the_old_fixed_temporary_names_are_never_followed(
