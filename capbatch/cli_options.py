@@ -101,13 +101,24 @@ def build(cls: type, values: dict[str, Any]) -> Any:
         raise UsageError(str(exc)) from None
 
 
-def command_from(cls: type, run: Callable[[Any], None], doc: str) -> Callable[..., None]:
-    """A Typer command whose options are cls's fields; it calls run(cls instance)."""
+def command_from(
+    cls: type,
+    run: Callable[[Any], None],
+    doc: str,
+    *,
+    parameters: Callable[[type], list[inspect.Parameter]] | None = None,
+    builder: Callable[[type, dict[str, Any]], Any] | None = None,
+) -> Callable[..., None]:
+    """A Typer command whose options are cls's fields; it calls run(cls instance).
+    `parameters` and `builder` replace option_parameters and build (capbatch-train
+    declares its options with its own metadata: training/options_cli.py)."""
+    parameters = parameters or option_parameters
+    builder = builder or build
 
     def command(**values: Any) -> None:
-        run(build(cls, values))
+        run(builder(cls, values))
 
-    params = option_parameters(cls)
+    params = parameters(cls)
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = doc

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
+from capbatch import cli_options
 from capbatch.errors import UsageError
 
 
@@ -121,12 +122,6 @@ def build(cls: type, values: dict[str, Any]) -> Any:
 
 def command_from(cls: type, run: Callable[[Any], None], doc: str) -> Callable[..., None]:
     """A Typer command whose options are cls's fields; it calls run(cls instance)."""
-
-    def command(**values: Any) -> None:
-        run(build(cls, values))
-
-    params = option_parameters(cls)
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    command.__doc__ = doc
-    return command
+    return cli_options.command_from(
+        cls, run, doc, parameters=option_parameters, builder=build
+    )
