@@ -17,7 +17,7 @@ from .decoding import RowState, StepOutput
 # The graph contract of docs/bundle-format.md: what the runtime needs, beyond
 # which a bundle may carry extra outputs (topk_*). A torch-free copy of the names
 # declared in export/specs.py (the runtime does not import the exporter);
-# tests/test_bundle.py checks that the two are equal.
+# tests/runtime/test_bundle.py checks that the two are equal.
 ENCODER_INPUTS = ("images",)
 ENCODER_OUTPUTS = ("features", "projected", "h0", "c0")
 STEP_INPUTS = ("tokens", "h", "c", "features", "projected")

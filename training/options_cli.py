@@ -5,7 +5,7 @@ A field declared with `config.option(default, help, choices=...)` becomes
 itself a dataclass (TrainOptions.model: ModelConfig) contributes its own
 fields, flattened, so `fit --embed-dim 64` fills options.model.embed_dim.
 Nothing else lists the options: adding a field to ModelConfig or TrainOptions
-adds the flag (tests/test_training_options.py proves it with a new field).
+adds the flag (tests/training/test_options.py proves it with a new field).
 """
 
 from __future__ import annotations

@@ -372,7 +372,9 @@ def generate_dataset(
             for job in jobs:
                 write(_render_and_save(job))
         else:
-            with multiprocessing.get_context().Pool(workers) as pool:
+            # forkserver, not fork: a forked child of a process with threads (pytest,
+            # torch, a decode pool) can inherit a held lock and hang for ever (seen).
+            with multiprocessing.get_context("forkserver").Pool(workers) as pool:
                 for record in pool.imap(_render_and_save, jobs, chunksize=32):
                     write(record)
 
