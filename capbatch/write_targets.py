@@ -135,6 +135,8 @@ def check_folder_target(
         info = os.lstat(folder)
     except FileNotFoundError:
         info = None
+    except OSError as exc:  # a parent that is a file, a name too long
+        raise UsageError(f"{shown}: {exc.strerror or exc}") from None
     if info is not None:
         if stat.S_ISLNK(info.st_mode):
             raise UsageError(

@@ -125,3 +125,55 @@ def test_the_library_dry_run_writes_nothing(bundle, photos, tmp_path):
     assert (result.plan.inputs, result.plan.already_done, result.fmt) == (4, 0, "csv")
     assert result.encoder == "onnxruntime-f32"
     assert list(tmp_path.iterdir()) == [photos]
+
+
+def test_the_models_notice_goes_to_the_note_hook_and_warnings_to_warn(
+    bundle, tmp_path, monkeypatch
+):
+    from capbatch import api
+    from capbatch.captioner import Captioner
+    from capbatch.job import RunHooks
+
+    samples = Path(capbatch.__file__).parents[1] / "samples"
+    notes, warned = [], []
+    hooks = RunHooks(note=notes.append, warn=warned.append)
+    request = CaptionRequest(
+        job=RunOptions(inputs=(str(samples),), out=tmp_path / "c.csv"), dry_run=True
+    )
+    seen = {}
+    real = Captioner.from_args.__func__
+
+    def from_args(cls, args, warn=None):
+        seen["warn"] = warn
+        return real(cls, args, warn=warn)
+
+    monkeypatch.setattr(Captioner, "from_args", classmethod(from_args))
+    api.caption(request, hooks)
+    assert len(notes) == 1 and notes[0].startswith("the built-in model knows generated scenes")
+    assert seen["warn"] is hooks.warn
+    notes.clear()
+    own = dataclasses.replace(request, captioner=CaptionerArgs(model=bundle))
+    api.caption(own, hooks)
+    assert notes == []  # the fake bundle's card has no notice
+
+
+@pytest.mark.parametrize("handle", [False, True])
+def test_signals_are_handled_only_when_the_hooks_ask(bundle, photos, tmp_path, monkeypatch, handle):
+    from capbatch import api
+    from capbatch.job import RunHooks
+
+    guarded = []
+    real = api.stop_on_signals
+
+    def recording(stop):
+        guarded.append(stop)
+        return real(stop)
+
+    monkeypatch.setattr(api, "stop_on_signals", recording)
+    hooks = RunHooks(handle_signals=handle)
+    request = CaptionRequest(
+        job=RunOptions(inputs=(str(photos),), out=tmp_path / "c.csv"),
+        captioner=CaptionerArgs(model=bundle),
+    )
+    api.caption(request, hooks)
+    assert guarded == ([hooks.stop] if handle else [])
