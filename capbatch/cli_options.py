@@ -53,12 +53,13 @@ def _parameter(spec: dataclasses.Field, kind: Any) -> inspect.Parameter:
     else:
         if meta.get("required"):
             default = ...
-        extra = {} if meta.get("min") is None else {"min": meta["min"]}
         flags = meta.get("flags") or ()
         if kind is bool and not flags:
             # Named, a bool is a plain flag (--resume); unnamed, Typer would add --no-resume.
             flags = ("--" + spec.name.replace("_", "-"),)
-        info = typer.Option(*flags, help=meta["help"], rich_help_panel=meta["panel"], **extra)
+        info = typer.Option(
+            *flags, help=meta["help"], rich_help_panel=meta["panel"], min=meta["min"]
+        )
     return inspect.Parameter(
         spec.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, info]
     )
@@ -66,10 +67,8 @@ def _parameter(spec: dataclasses.Field, kind: Any) -> inspect.Parameter:
 
 def option_parameters(cls: type) -> list[inspect.Parameter]:
     """The Typer parameters of every command-line field of cls, arguments first."""
-    found = option_fields(cls)
-    arguments = [_parameter(spec, kind) for spec, kind in found if spec.metadata.get("argument")]
-    options = [_parameter(spec, kind) for spec, kind in found if not spec.metadata.get("argument")]
-    return arguments + options
+    made = [(spec.metadata["argument"], _parameter(spec, kind)) for spec, kind in option_fields(cls)]
+    return [p for argument, p in made if argument] + [p for argument, p in made if not argument]
 
 
 def _value(given: Any) -> Any:

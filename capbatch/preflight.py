@@ -70,7 +70,7 @@ def check_targets(
     if out is not None:
         if inputs.holds(out) and os.path.lexists(out):
             raise UsageError(f"--out {out} is an input of this run; name another file")
-        check_folder_writable("--out", out.absolute().parent, f"--out {out}", probe=probe)
+        check_folder_writable(out.absolute().parent, f"--out {out}", probe=probe)
     side_files = (
         ("--stats-json", stats_json, is_stats_file, "the JSON file"),
         ("--report", report, is_report_file, "the HTML file"),

@@ -91,7 +91,7 @@ def check_file_target(
     inputs: RunInputs,
     overwrite: bool,
     ours: Callable[[Path], bool],
-    what: str = "the file",
+    what: str,
     probe: bool = True,
 ) -> None:
     """UsageError unless `path` can take a file written whole at the end of a run
@@ -121,7 +121,7 @@ def check_file_target(
                 f"{shown} exists and was not written by capbatch; "
                 "pass --overwrite to replace it, or name another file"
             )
-    check_folder_writable(flag, path.absolute().parent, shown, probe=probe)
+    check_folder_writable(path.absolute().parent, shown, probe=probe)
 
 
 def check_folder_target(
@@ -150,13 +150,10 @@ def check_folder_target(
             f"{shown} is inside an input folder: its files would be captioned by the "
             "next run; name a folder outside the inputs"
         )
-    if info is not None:
-        check_folder_writable(flag, folder.absolute(), shown, probe=probe)
-    else:
-        check_folder_writable(flag, folder.absolute().parent, shown, probe=probe)
+    check_folder_writable(folder.absolute(), shown, probe=probe)  # or the folder above
 
 
-def check_folder_writable(flag: str, folder: Path, shown: str, *, probe: bool = True) -> None:
+def check_folder_writable(folder: Path, shown: str, *, probe: bool = True) -> None:
     """The nearest existing folder at or above `folder` must take a new file.
 
     os.access answers first; with `probe`, a file is then created and removed there

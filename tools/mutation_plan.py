@@ -166,14 +166,16 @@ RUNS: dict[str, Run] = {
     "request": run(
         "capbatch/request.py capbatch/option_spec.py capbatch/cli_options.py capbatch/api.py "
         "capbatch/resume_facts.py capbatch/engines/__init__.py",
-        "tests/request/test_caption_request.py tests/resume/test_resume_matches.py "
+        "tests/request/test_caption_request.py tests/request/test_option_declarations.py "
+        "tests/resume/test_resume_matches.py "
         "tests/cli/test_caption_run.py tests/cli/test_caption_command.py tests/cli/test_caption.py "
         "tests/cli/test_caption_options.py tests/runtime/test_job.py tests/runtime/test_job_checks.py",
     ),
     "write_targets": run(
         "capbatch/write_targets.py",
         "tests/writing/test_side_outputs.py tests/writing/test_write_file.py "
-        "tests/cli/test_caption_run.py tests/cli/test_caption_command.py",
+        "tests/writing/test_write_targets.py tests/cli/test_caption_run.py "
+        "tests/cli/test_caption_command.py",
     ),
     "info_cli": run(
         "capbatch/info_cli.py",

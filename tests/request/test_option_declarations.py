@@ -104,7 +104,7 @@ def test_each_kind_of_field_becomes_its_option(name, flags, panel, default, mini
     parameter = parameters()[name]
     info = info_of(parameter)
     assert (spellings(info), info.rich_help_panel) == (flags, panel)
-    assert parameter.default == default
+    assert parameter.default == default and type(parameter.default) is type(default)
     assert info.min == minimum
     assert info.help
 

@@ -32,9 +32,9 @@ def refusal(call) -> str:
     return str(caught.value)
 
 
-def target(path, *, inputs=NONE, overwrite=False, ours=lambda p: False, what="the file", probe=True):
+def target(path, *, inputs=NONE, overwrite=False, ours=lambda p: False, what="the file", **probe):
     check_file_target(
-        "--stats-json", path, inputs=inputs, overwrite=overwrite, ours=ours, what=what, probe=probe
+        "--stats-json", path, inputs=inputs, overwrite=overwrite, ours=ours, what=what, **probe
     )
 
 
@@ -46,7 +46,7 @@ def test_run_inputs_are_real_files_and_folders(tmp_path):
     (tmp_path / "list.txt").write_text("a.jpg\n")
     (tmp_path / "link").symlink_to(tmp_path / "photos")
     inputs = RunInputs.of(
-        [tmp_path / "photos", str(tmp_path / "list.txt"), None, "", "-", tmp_path / "gone"]
+        [None, tmp_path / "photos", str(tmp_path / "list.txt"), "", "-", tmp_path / "gone"]
     )
     assert inputs.files == frozenset({str(tmp_path / "list.txt")})
     assert inputs.folders == (str(tmp_path / "photos"),)
@@ -56,6 +56,12 @@ def test_run_inputs_are_real_files_and_folders(tmp_path):
     assert not inputs.holds(tmp_path / "photos2" / "a.jpg")  # a prefix is not a parent
     assert not inputs.holds(tmp_path / "stats.json")
     assert RunInputs.of([tmp_path / "link"]).folders == (str(tmp_path / "photos"),)
+
+
+def test_stdin_and_empty_names_are_no_inputs_even_where_such_files_exist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-").write_text("a file named -")
+    assert RunInputs.of(["-", ""]) == RunInputs(frozenset(), ())
 
 
 def test_a_stats_file_is_a_json_object_with_its_version(tmp_path):
@@ -75,7 +81,9 @@ def test_a_report_is_marked_in_its_first_4_kib(tmp_path):
     page = tmp_path / "r.html"
     page.write_bytes(b"<html><head>" + REPORT_MARK + b"</head>")
     assert is_report_file(page) is True
-    page.write_bytes(b" " * 4096 + REPORT_MARK)
+    page.write_bytes(b" " * (4096 - len(REPORT_MARK)) + REPORT_MARK)
+    assert is_report_file(page) is True  # ends at byte 4096
+    page.write_bytes(b" " * (4097 - len(REPORT_MARK)) + REPORT_MARK)
     assert is_report_file(page) is False
     assert is_report_file(tmp_path / "gone.html") is False
 
@@ -130,7 +138,7 @@ def test_a_folder_that_cannot_be_written_is_found_by_the_probe(tmp_path, monkeyp
         f"--stats-json {tmp_path / 'file' / 'new' / 's.json'}: Not a directory"
     )
     assert refusal(
-        lambda: check_folder_writable("--x", tmp_path / "file", "--x shown")
+        lambda: check_folder_writable(tmp_path / "file", "--x shown")
     ) == f"--x shown: {tmp_path / 'file'} is not a directory"
 
     def no_probe(path, **kwargs):
@@ -151,8 +159,8 @@ def test_the_probe_is_a_random_hidden_name_removed_at_once(tmp_path, monkeypatch
         return real(path, **kwargs)
 
     monkeypatch.setattr(write_targets, "create_exclusive", record)
-    check_folder_writable("--x", tmp_path / "a" / "b", "--x shown")
-    check_folder_writable("--x", tmp_path, "--x shown")
+    check_folder_writable(tmp_path / "a" / "b", "--x shown")
+    check_folder_writable(tmp_path, "--x shown")
     assert [p.parent for p in made] == [tmp_path, tmp_path]
     assert all(p.name.startswith(".capbatch-probe-") and len(p.name) == 32 for p in made)
     assert made[0] != made[1] and list(tmp_path.iterdir()) == []
@@ -161,8 +169,8 @@ def test_the_probe_is_a_random_hidden_name_removed_at_once(tmp_path, monkeypatch
 # -- a folder the run writes into -------------------------------------------------------
 
 
-def folder(path, inputs=None, probe=True):
-    check_folder_target("--attention-dir", path, inputs=inputs, probe=probe)
+def folder(path, inputs=None, **probe):
+    check_folder_target("--attention-dir", path, inputs=inputs, **probe)
 
 
 def test_each_refusal_of_a_folder_target_in_its_words(tmp_path):
@@ -199,6 +207,7 @@ def test_each_refusal_of_a_folder_target_in_its_words(tmp_path):
 def test_two_targets_on_one_file_are_refused_naming_both(tmp_path):
     out, stats = tmp_path / "c.csv", tmp_path / "s.json"
     check_distinct({"--out": Path("-"), "--stats-json": None, "--report": stats})
+    check_distinct({"--out": "-", "--report": "-"})  # stdout is no file
     assert refusal(lambda: check_distinct({"--out": out, "--report": out})) == (
         f"--report {out} would overwrite the output itself"
     )
