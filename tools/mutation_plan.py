@@ -71,7 +71,8 @@ RUNS: dict[str, Run] = {
         "tests/cli/test_trust_signals.py tests/output/test_round_trips.py tests/cli/test_caption.py "
         "tests/runtime/test_decoding.py tests/cli/test_caption_options.py tests/runtime/test_stats.py "
         "tests/runtime/test_job_checks.py tests/output/test_open.py tests/output/test_lines.py "
-        "tests/engines/test_ray_plan.py tests/cli/test_settings_errors.py",
+        "tests/engines/test_ray_plan.py tests/cli/test_settings_errors.py "
+        "tests/writing/test_side_outputs.py tests/resume/test_resume_matches.py",
     ),
     "sources": run(
         "capbatch/sources.py",
@@ -225,7 +226,9 @@ RUNS: dict[str, Run] = {
         "tests/report/test_rows.py tests/report/test_attention.py",
     ),
     "report_cli": run(
-        "capbatch/report_cli.py", "tests/report/test_report.py tests/cli/test_report_command.py"
+        "capbatch/report_cli.py",
+        "tests/report/test_report.py tests/cli/test_report_command.py "
+        "tests/writing/test_side_outputs.py",
     ),
     "export_cli": run(
         "capbatch/export_cli.py",

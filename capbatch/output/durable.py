@@ -170,8 +170,10 @@ def write_file(target: Path | str, content: Content, *, replace: bool = True) ->
     target = Path(target)
     folder, name = os.path.split(os.fspath(target))
     if folder:
-        with contextlib.suppress(FileExistsError):  # a file there: open() says ENOTDIR
-            os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder)
+        except FileExistsError:
+            pass  # there already (or a file there: the open below says ENOTDIR)
     dir_fd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _refuse_non_file(name, dir_fd, target)
@@ -230,7 +232,9 @@ def make_folder(folder: Path | str, what: str) -> Path:
         info = os.lstat(folder)
     except FileNotFoundError:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            pass  # made meanwhile by another run: checked again at its first write
         except OSError as exc:
             raise OutputError(f"cannot create {what} {folder}: {exc.strerror or exc}") from None
         return folder

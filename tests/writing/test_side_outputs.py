@@ -283,6 +283,23 @@ def test_report_out_onto_a_foreign_file_needs_overwrite(capsys, run_output, tmp_
     assert run_cli(capsys, "report", run_output, "--out", target, "-q")[0] == 0  # ours now
 
 
+def test_report_out_naming_a_folder_or_an_input_is_refused(capsys, run_output, tmp_path, photos):
+    code, _, err = run_cli(capsys, "report", run_output, "--out", tmp_path, "--overwrite")
+    assert (code, err) == (
+        ExitCode.FATAL,
+        f"capbatch: error: --out {tmp_path} is a directory; name the HTML file to write\n",
+    )
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "a.png").write_bytes(b"png")
+    code, _, err = run_cli(capsys, "report", run_output, "--out", maps / "a.png",
+                           "--attention-dir", maps, "--overwrite")  # fmt: skip
+    assert (code, err) == (
+        ExitCode.FATAL,
+        f"capbatch: error: --out {maps / 'a.png'} is an input of this run; name another file\n",
+    )
+
+
 def test_report_out_as_a_link_is_refused(capsys, run_output, tmp_path, victim):
     link = tmp_path / "r.html"
     link.symlink_to(victim)

@@ -3,8 +3,11 @@ never through a link, never over a folder or a special file."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +75,80 @@ def test_make_folder_refuses_a_link_or_a_file_in_its_place(tmp_path):
     with pytest.raises(OutputError, match="exists and is not a folder"):
         make_folder(tmp_path / "file", "the shards folder")
     assert make_folder(tmp_path / "new" / "deep", "x").is_dir()
+
+
+def test_a_link_to_a_folder_at_the_target_is_replaced_not_entered(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "out.json").symlink_to(tmp_path / "folder")
+    write_file(tmp_path / "out.json", "x")
+    assert (tmp_path / "out.json").read_text() == "x"
+    assert list((tmp_path / "folder").iterdir()) == []
+
+
+def test_the_refusals_name_the_target(tmp_path):
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(IsADirectoryError) as caught:
+        write_file(tmp_path / "dir", "x")
+    error = caught.value
+    assert (error.errno, error.strerror, error.filename) == (
+        errno.EISDIR, "Is a directory", str(tmp_path / "dir"),
+    )  # fmt: skip
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OutputError) as refused:
+        write_file(tmp_path / "fifo", "x")
+    assert str(refused.value) == f"{tmp_path / 'fifo'} is a FIFO; capbatch writes regular files only"
+
+
+def test_the_temporary_name_is_hidden_random_and_fits_a_long_name(tmp_path, monkeypatch):
+    from capbatch.output import durable
+
+    names = []
+    real = durable.create_exclusive
+
+    def record(path, **kwargs):
+        names.append(str(path))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(durable, "create_exclusive", record)
+    long_name = "x" * 255  # the longest name a file may have
+    write_file(tmp_path / long_name, "x")
+    write_file(tmp_path / "a.txt", "y")
+    assert re.fullmatch(r"\.x{200}\.tmp-[0-9a-f]{16}", names[0]), names[0]
+    assert re.fullmatch(r"\.a\.txt\.tmp-[0-9a-f]{16}", names[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([long_name, "a.txt"])
+
+
+def test_writing_into_an_existing_folder_and_a_relative_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "made").mkdir()
+    assert write_file(Path("made") / "a", "1").read_text() == "1"
+    assert write_file(Path("b"), "2").read_text() == "2"  # no folder: the working one
+
+
+def test_make_folder_words_and_an_existing_folder(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(OutputError) as caught:
+        make_folder(tmp_path / "link", "the shards folder")
+    assert str(caught.value) == (
+        f"the shards folder {tmp_path / 'link'} is a symbolic link (to {real}); capbatch does "
+        "not write through links: remove it or name another folder"
+    )
+    assert make_folder(real, "x") == real
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError) as caught:
+        make_folder(tmp_path / "file" / "sub", "the parts folder")
+    assert str(caught.value) == f"cannot use the parts folder {tmp_path / 'file' / 'sub'}: Not a directory"
+    with pytest.raises(OutputError) as caught:
+        make_folder(Path("/proc/capbatch-shards"), "the shards folder")
+    assert str(caught.value).startswith("cannot create the shards folder /proc/capbatch-shards: ")
+
+
+def test_an_output_name_too_long_is_one_line(tmp_path):
+    from capbatch.output.durable import check_output_target
+
+    name = tmp_path / ("x" * 300)
+    with pytest.raises(OutputError) as caught:
+        check_output_target(name)
+    assert str(caught.value) == f"cannot use {name} as the output: File name too long"
