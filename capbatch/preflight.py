@@ -131,7 +131,7 @@ class DryRun:
 def dry_run(options: RunOptions, done: Mapping[str, str], shown: int = 5) -> DryRun:
     """Resolve every input as the run would (reading each once), touching no output
     (`done`: the rows already there, as the engine reads them)."""
-    skip = keys_to_keep({} if options.overwrite else done, options)
+    skip = keys_to_keep(done, options)  # none with --overwrite: it never resumes
     count = done = 0
     first: list[str] = []
     items: Iterator = job_sources(options)

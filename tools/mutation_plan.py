@@ -72,7 +72,8 @@ RUNS: dict[str, Run] = {
         "tests/runtime/test_decoding.py tests/cli/test_caption_options.py tests/runtime/test_stats.py "
         "tests/runtime/test_job_checks.py tests/output/test_open.py tests/output/test_lines.py "
         "tests/engines/test_ray_plan.py tests/cli/test_settings_errors.py "
-        "tests/writing/test_side_outputs.py tests/resume/test_resume_matches.py",
+        "tests/writing/test_side_outputs.py tests/resume/test_resume_matches.py "
+        "tests/writing/test_check_targets.py",
     ),
     "sources": run(
         "capbatch/sources.py",
