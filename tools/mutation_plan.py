@@ -144,7 +144,9 @@ RUNS: dict[str, Run] = {
         "tests/engines/test_local.py tests/cli/test_caption_options.py tests/cli/test_caption.py "
         "tests/cli/test_caption_habits.py tests/reliability/test_output_hardening.py "
         "tests/output/test_sidecars.py tests/output/test_round_trips.py tests/cli/test_trust_signals.py "
-        "tests/output/test_stream.py tests/engines/test_local_lifecycle.py",
+        "tests/output/test_stream.py tests/engines/test_local_lifecycle.py "
+        "tests/cli/test_caption_run.py tests/request/test_caption_request.py "
+        "tests/resume/test_resume_matches.py",
     ),
     "ray_plan": run(
         "capbatch/engines/ray_plan.py capbatch/engines/ray_options.py",
