@@ -2,8 +2,9 @@
 
 Every file capbatch writes (outputs, Parquet parts, sidecars, stats, reports,
 attention maps, precision records, domain statistics, checkpoints, feature
-caches) goes through `write_file` (or, for the row files it appends to,
-`temporary_file` + `rename_durably`). Each returns only once the bytes (and,
+caches) goes through `write_file`; the row files capbatch appends to are opened
+with O_NOFOLLOW and grow by fsynced appends (`append_line`, the line writers).
+Each returns only once the bytes (and,
 where a name changed, the directory entry) are on disk, so a killed run leaves
 the old file or the new one, never half of either.
 
@@ -22,7 +23,7 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,69 +36,9 @@ def output_error(out: Path, exc: OSError) -> OutputError:
     return OutputError(f"cannot write {out}: {exc.strerror or exc}")
 
 
-def fsync_directory(directory: Path) -> None:
-    # Makes a rename or a new file's directory entry durable too.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def rename_durably(tmp: Path, target: Path) -> None:
-    """os.replace(tmp, target) after tmp's bytes, then the directory entry, are on disk."""
-    fsync_file(tmp)
-    os.replace(tmp, target)
-    fsync_directory(target.parent)
-
-
-def replace_atomically(target: Path, content: bytes) -> None:
-    with temporary_file(target) as (tmp, handle):
-        handle.write(content)
-        handle.close()
-        rename_durably(tmp, target)
-
-
-def temporary_name(target: Path) -> Path:
-    """A fresh sibling name for writing `target`'s next version: unpredictable, so no
-    one can plant a link under it in advance (created exclusively all the same)."""
-    return target.with_name(f"{target.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}")
-
-
 def create_exclusive(path: Path | str, *, dir_fd: int | None = None) -> int:
     """A new file's descriptor; FileExistsError if anything (a link too) has the name."""
     return os.open(path, _CREATE_FLAGS, 0o644, dir_fd=dir_fd)
-
-
-@contextlib.contextmanager
-def temporary_file(target: Path) -> Iterator[tuple[Path, object]]:
-    """(name, binary file) of a new sibling of `target`, created exclusively; the file
-    is removed on the way out unless it was renamed (a failed write leaves nothing)."""
-    while True:
-        tmp = temporary_name(target)
-        try:
-            fd = create_exclusive(tmp)
-            break
-        except FileExistsError:
-            continue
-    handle = os.fdopen(fd, "wb")
-    try:
-        yield tmp, handle
-    finally:
-        with contextlib.suppress(OSError):
-            handle.close()  # a full disk fails the flush too: the file still goes
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)  # gone already once renamed
 
 
 _KINDS = (
@@ -138,8 +79,10 @@ def check_output_target(out: Path) -> Path:
 
 
 def append_line(path: Path, line: str) -> None:
-    """Append one text line and fsync it (a crash can at worst tear this line)."""
-    with open(path, "a", encoding="utf-8") as handle:
+    """Append one text line and fsync it (a crash can at worst tear this line); a link
+    at `path` is not followed (O_NOFOLLOW: the open fails)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(line + "\n")
         handle.flush()
         os.fsync(handle.fileno())
@@ -216,11 +159,6 @@ def _refuse_non_file(name: str, dir_fd: int, target: Path) -> None:
     for test, kind in _KINDS:
         if test(info.st_mode):
             raise OutputError(f"{target} is {kind}; capbatch writes regular files only")
-
-
-def link_new(text: str, target: str, *, replace: bool) -> None:
-    """A text file written whole through write_file (sidecars)."""
-    write_file(target, text, replace=replace)
 
 
 def make_folder(folder: Path | str, what: str) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import OutputError
 from ..rows import ERROR, OK, ROW_FIELDS, STATUSES, TEXT_FIELDS, Row
-from .durable import output_error, replace_atomically, truncate
+from .durable import output_error, truncate, write_file
 from .settings import OutputSettings
 
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection):
@@ -239,7 +239,7 @@ class LineWriter:
         dropped = len(scan.records) - len(kept)
         if dropped:
             text = cls._header_text() + cls._records_text(kept, neutralise=True)
-            replace_atomically(out, text.encode("utf-8"))
+            write_file(out, text)
         return dropped
 
     @staticmethod

@@ -13,14 +13,7 @@ from pathlib import Path
 
 from ..errors import MissingDependencyError, OutputError
 from ..rows import OK, ROW_FIELDS, Row, parquet_schema
-from .durable import (
-    make_folder,
-    output_error,
-    rename_durably,
-    replace_atomically,
-    temporary_file,
-    write_file,
-)
+from .durable import make_folder, output_error, write_file
 from .lines import older_output_error
 from .settings import OutputSettings
 
@@ -153,7 +146,7 @@ class ParquetWriter:
         if dropped:
             buffer = pa.BufferOutputStream()
             pq.write_table(kept, buffer)
-            replace_atomically(out, buffer.getvalue().to_pybytes())
+            write_file(out, buffer.getvalue().to_pybytes())
         return dropped
 
 
@@ -188,9 +181,8 @@ def _merge_parts(out: Path) -> None:
     redone = set()
     for part in part_files:
         redone.update(pq.read_table(part, columns=["key"]).column("key").to_pylist())
-    # A temporary file created exclusively under a random name (a planted link is
-    # never written through), removed if the merge fails (a full disk, say).
-    with temporary_file(out) as (tmp, handle):
+
+    def merge(handle) -> None:
         with pq.ParquetWriter(handle, schema) as writer:
             if out.exists():
                 for batch in pq.ParquetFile(out).iter_batches():
@@ -203,6 +195,6 @@ def _merge_parts(out: Path) -> None:
                     writer.write_table(table)
             for part in part_files:
                 writer.write_table(pq.read_table(part).cast(schema))
-        handle.close()
-        rename_durably(tmp, out)
+
+    write_file(out, merge)  # whole or absent; the old file is read while the new is written
     shutil.rmtree(parts, ignore_errors=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..rows import ERROR, OK, Row
 from ..sources import IMAGE_EXTENSIONS, escape_undecodable
-from .durable import link_new, make_folder
+from .durable import make_folder, write_file
 from .lines import JsonlWriter, _scan_jsonl
 from .settings import OutputSettings
 
@@ -100,7 +100,7 @@ class SidecarWriter:
         text = settings.sidecar_prefix + escape_undecodable(row.caption) + settings.sidecar_suffix
         text += "\n"
         try:
-            link_new(text, target, replace=self.overwrite_sidecars)
+            write_file(target, text, replace=self.overwrite_sidecars)
         except FileExistsError:
             if _read_text(target) != text:
                 other = _sibling_image(row.path)

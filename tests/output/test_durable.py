@@ -71,13 +71,13 @@ def _names(monkeypatch, *tokens):
 
 
 def test_a_temporary_name_already_taken_by_a_planted_link_is_skipped(tmp_path, monkeypatch):
-    durable = _names(monkeypatch, "aaaaaaaaaaaa", "bbbbbbbbbbbb")
+    durable = _names(monkeypatch, "a" * 16, "b" * 16)
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"keep me")
     target = tmp_path / "captions.csv"
-    planted = tmp_path / f"captions.csv.tmp-{os.getpid()}-aaaaaaaaaaaa"
+    planted = tmp_path / f".captions.csv.tmp-{'a' * 16}"
     planted.symlink_to(victim)  # an attacker guessed the first name
-    durable.replace_atomically(target, b"new rows\n")
+    durable.write_file(target, b"new rows\n")
     assert target.read_bytes() == b"new rows\n" and not target.is_symlink()
     assert victim.read_bytes() == b"keep me"  # never written through
     assert planted.is_symlink()  # left as it was; the second name was used and is gone
@@ -86,37 +86,27 @@ def test_a_temporary_name_already_taken_by_a_planted_link_is_skipped(tmp_path, m
     )
 
 
-def test_the_temporary_name_is_a_sibling_with_the_pid_and_12_hex_digits(tmp_path):
-    import re
-
-    from capbatch.output.durable import temporary_name
-
-    name = temporary_name(tmp_path / "rows.jsonl")
-    assert name.parent == tmp_path
-    assert re.fullmatch(rf"rows\.jsonl\.tmp-{os.getpid()}-[0-9a-f]{{12}}", name.name), name.name
-
-
 def test_files_capbatch_creates_are_readable_by_others_as_the_umask_allows(tmp_path):
-    from capbatch.output.durable import link_new, replace_atomically
+    from capbatch.output.durable import write_file
 
     old = os.umask(0o022)
     try:
-        replace_atomically(tmp_path / "a.csv", b"x\n")
-        link_new("y", str(tmp_path / "b.txt"), replace=False)
+        write_file(tmp_path / "a.csv", b"x\n")
+        write_file(str(tmp_path / "b.txt"), "y", replace=False)
     finally:
         os.umask(old)
     assert oct((tmp_path / "a.csv").stat().st_mode & 0o777) == oct(0o644)
     assert oct((tmp_path / "b.txt").stat().st_mode & 0o777) == oct(0o644)
 
 
-def test_link_new_skips_a_taken_temporary_name_and_never_overwrites(tmp_path, monkeypatch):
+def test_a_new_file_skips_a_taken_temporary_name_and_never_overwrites(tmp_path, monkeypatch):
     durable = _names(monkeypatch, "1" * 16, "2" * 16, "3" * 16)
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     (tmp_path / f".side.txt.tmp-{'1' * 16}").symlink_to(victim)
-    durable.link_new("first", str(tmp_path / "side.txt"), replace=False)
+    durable.write_file(str(tmp_path / "side.txt"), "first", replace=False)
     assert (tmp_path / "side.txt").read_text() == "first" and victim.read_text() == "keep me"
     with pytest.raises(FileExistsError):
-        durable.link_new("second", str(tmp_path / "side.txt"), replace=False)
+        durable.write_file(str(tmp_path / "side.txt"), "second", replace=False)
     assert (tmp_path / "side.txt").read_text() == "first"  # left as it is
     assert not (tmp_path / f".side.txt.tmp-{'3' * 16}").exists()  # its temporary file removed
