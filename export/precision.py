@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  {name} {example['image']}: {example['reference']!r} -> {example['candidate']!r}"
             )
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        write_file(args.json, json.dumps(result, indent=1) + "\n")
     return 0 if result["passed"] else 1
 
 

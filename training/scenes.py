@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
+import os
 import random
 import sys
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ import numpy as np
 from PIL import Image
 
 from capbatch.errors import UsageError
+from capbatch.output.durable import create_exclusive, write_file
 
 from . import scenes_draw, scenes_sdf, scenes_v2
 from .scenes_draw import BACKGROUND_RGB, OBJECT_RGB, REFERENCE_SIZE
@@ -355,8 +357,8 @@ def generate_dataset(
     if renderer_scenes:
         splits[RENDERER_SPLIT] = []
     with (
-        open(out / "captions.csv", "w", newline="", encoding="utf-8") as captions_file,
-        open(out / "scenes.jsonl", "w", encoding="utf-8") as scenes_file,
+        _open_new(out / "captions.csv", newline="") as captions_file,
+        _open_new(out / "scenes.jsonl") as scenes_file,
     ):
         writer = csv.writer(captions_file, lineterminator="\n")
         writer.writerow(["image", "caption"])
@@ -379,8 +381,15 @@ def generate_dataset(
                     write(record)
 
     manifest = _manifest(splits, holdout, options)
-    (out / "splits.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    write_file(out / "splits.json", json.dumps(manifest, indent=1) + "\n")
     return out
+
+
+def _open_new(path: Path, **text):
+    """A text file written from scratch as rows stream in; a link at its name is
+    removed, never written through (created with O_EXCL | O_NOFOLLOW)."""
+    path.unlink(missing_ok=True)
+    return os.fdopen(create_exclusive(path), "w", encoding="utf-8", **text)
 
 
 def _empty_images_dir(out: Path, overwrite: bool) -> Path:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from capbatch.errors import UsageError
+from capbatch.output.durable import append_line
 
 from .batches import Batches, TrainStep, collate, epoch_batches, make_batches
 from .checkpoint import save_checkpoint
@@ -328,8 +329,7 @@ class EpochLoop:
         )
         if improved:
             save_checkpoint(setup.out / BEST, **ckpt)
-        with open(setup.out / METRICS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(setup.out / METRICS_FILE, json.dumps(record))
         if options.progress:
             print(json.dumps(record), flush=True)
 
