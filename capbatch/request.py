@@ -59,7 +59,3 @@ class CaptionRequest:
         if self.captioner.return_attention != wants_attention:
             captioner = dataclasses.replace(self.captioner, return_attention=wants_attention)
             object.__setattr__(self, "captioner", captioner)
-
-    @property
-    def out(self) -> Path:
-        return self.job.out

@@ -149,7 +149,7 @@ class LocalRun:
             ).start()
         summary = run_captioning(
             captioner, options, stop=hooks.stop, on_progress=hooks.on_progress,
-            on_start=hooks.on_start, output=self.output,
+            on_start=hooks.on_start, output=self.output, producer_checked=True,
         )  # fmt: skip
         summary.model_id = summary.model_id or captioner.model_id  # also when no row was new
         summary.encoder = summary.encoder or captioner.encoder_kind
@@ -186,11 +186,14 @@ def run_captioning(
     on_progress: Callable[[RunSummary], None] | None = None,
     on_start: Callable[[], None] | None = None,
     output: Output | StreamOutput | None = None,
+    producer_checked: bool = False,
 ) -> RunSummary:
     """Caption every input into options.out; returns the summary (never raises per item).
 
     on_start runs once the output is locked and opened (fatal checks passed),
-    on_progress after every written batch; `output`: options.out already opened.
+    on_progress after every written batch; `output`: options.out already opened,
+    and with `producer_checked` its rows already matched against this model and
+    encoder (LocalRun does that before the model loads: one scan of the output less).
     """
     stop = stop or threading.Event()
     output = output if output is not None else open_job_output(options)
@@ -198,7 +201,8 @@ def run_captioning(
     try:
         # The file --out names (a symbolic link resolved); no lock for stdout.
         with output.lock():
-            _run_locked(captioner, output, options, summary, stop, on_progress, on_start)
+            producer = None if producer_checked else (captioner.model_id, captioner.encoder_kind)
+            _run_locked(captioner, output, options, producer, summary, stop, on_progress, on_start)
     except KeyboardInterrupt:
         if not stop.is_set():
             raise  # not our signal handler's (a library caller's own Ctrl-C)
@@ -209,9 +213,11 @@ def run_captioning(
     return summary
 
 
-def _run_locked(captioner, output: Output, options, summary, stop, on_progress, on_start) -> None:
+def _run_locked(
+    captioner, output: Output, options, producer, summary, stop, on_progress, on_start
+) -> None:
     out = output.path
-    kept = resume_output(output, options, (captioner.model_id, captioner.encoder_kind))
+    kept = resume_output(output, options, producer)
     sources = job_sources(options)  # --limit and the "no images found" check
     # Only an output this run creates may go again if it fails before its first row;
     # Parquet rows of a killed run live in the parts folder until they are merged.
